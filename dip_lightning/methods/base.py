@@ -1,0 +1,274 @@
+"""The Deep Image Prior loop shared by every method.
+
+A method is a LightningModule that fits a network to the measurement of one
+:class:`~dip_lightning.physics.observation.InverseProblem`. It only talks to the problem through
+the operator interface (forward, adjoint, pseudo-inverse, variance propagation), so it never knows
+which task it runs on. Subclasses change the network (Bayesian layers, dropout), the loss terms
+(KL, heteroscedastic likelihood), the optimiser step (SGLD noise) or how the predictive
+distribution is drawn.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from dip_lightning.errors import DivergenceError, check_choice, check_in_range, check_positive
+from dip_lightning.methods.network_input import make_network_input, perturb
+from dip_lightning.methods.prediction import Prediction
+from dip_lightning.metrics.image import fast_psnr
+from dip_lightning.metrics.running import ExponentialMovingAverage
+from dip_lightning.models.layers import per_sample_norm
+from dip_lightning.physics.observation import InverseProblem
+
+LIKELIHOODS = ("mse", "nll")
+RECONSTRUCTIONS = ("ema", "last", "predictive_mean")
+
+NetFactory = Callable[..., nn.Module]
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+class DeepImagePrior(pl.LightningModule):
+    """Plain DIP: Adam on the MSE between A f(z) and y, with input perturbation and an output EMA.
+
+    Args:
+        net: builds the network; called with ``in_channels``, ``out_channels`` and the keyword
+            arguments a subclass adds (``conv``, ``dropout_p``, ``log_precision_channel``).
+        optimizer: a partial optimiser (``torch.optim.Adam`` by default) given the parameters.
+        input: network input settings: ``kind`` (noise or pseudo_inverse), ``channels``, ``scale``
+            and ``perturbation_std`` (std of the fresh noise added to z at every step).
+        likelihood: ``mse`` or ``nll`` (heteroscedastic Gaussian with a predicted log-precision).
+        image_prior: optional regulariser on the output image (TV), any callable image -> loss.
+        ema_decay: weight of the output exponential moving average (0.99 in the DIP code).
+        num_samples: Monte Carlo samples at evaluation (ignored by deterministic DIP).
+        reconstruction: what the run reports: the EMA, the last output, or the predictive mean.
+        log_precision_clamp: |s| bound of the predicted log-precision in the NLL.
+        grad_clip: max gradient norm (0 disables); CT DIP+TV uses 1.
+        divergence_check_every: steps between finiteness checks of the loss (each costs a device sync).
+    """
+
+    def __init__(
+        self,
+        net: NetFactory,
+        optimizer: OptimizerFactory,
+        input: dict[str, Any] | None = None,
+        likelihood: str = "mse",
+        image_prior: Callable[[Tensor], Tensor] | None = None,
+        ema_decay: float = 0.99,
+        num_samples: int = 1,
+        reconstruction: str = "ema",
+        log_precision_clamp: float = 20.0,
+        grad_clip: float = 0.0,
+        divergence_check_every: int = 1,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.net_factory = net
+        self.optimizer_factory = optimizer
+        settings = {"kind": "noise", "channels": 32, "scale": 0.1, "perturbation_std": 1.0 / 30.0}
+        settings.update(dict(input or {}))
+        self.input_settings = settings
+        self.likelihood = str(check_choice("method.likelihood", likelihood, LIKELIHOODS))
+        self.image_prior = image_prior
+        self.ema_decay = check_in_range("method.ema_decay", ema_decay, 0.0, 1.0)
+        self.num_samples = int(check_positive("method.num_samples", num_samples))
+        self.reconstruction = str(check_choice("method.reconstruction", reconstruction, RECONSTRUCTIONS))
+        self.log_precision_clamp = check_positive("method.log_precision_clamp", log_precision_clamp)
+        self.grad_clip = check_positive("method.grad_clip", grad_clip, allow_zero=True)
+        self.divergence_check_every = int(check_positive("method.divergence_check_every", divergence_check_every))
+        check_positive("method.input.perturbation_std", settings["perturbation_std"], allow_zero=True)
+        self.seed = seed
+        self.problem: InverseProblem | None = None
+        self.net: nn.Module | None = None
+        self.latest_image: Tensor | None = None
+        self.latest_misfit: Tensor | None = None
+        self.latest_psnr: Tensor | None = None
+        self.ema: ExponentialMovingAverage | None = None
+
+    # ------------------------------------------------------------------ set-up
+    @property
+    def uses_log_precision(self) -> bool:
+        return self.likelihood == "nll"
+
+    def network_kwargs(self) -> dict[str, Any]:
+        """Extra keyword arguments for the network factory; subclasses add layers or dropout."""
+        return {"log_precision_channel": self.uses_log_precision}
+
+    def attach(self, problem: InverseProblem) -> DeepImagePrior:
+        """Bind the method to a problem: build the input and the network for its image shape."""
+        self.problem = problem
+        settings = self.input_settings
+        pseudo_inverse = None
+        if settings["kind"] == "pseudo_inverse":
+            pseudo_inverse = problem.operator.pseudo_inverse(problem.observation).detach()
+        z = make_network_input(
+            settings["kind"],
+            int(settings["channels"]),
+            problem.image_shape,
+            float(settings["scale"]),
+            self.seed,
+            pseudo_inverse,
+        )
+        self.register_buffer("net_input", z)
+        self.net = self.net_factory(
+            in_channels=z.shape[1], out_channels=problem.channels, **self.network_kwargs()
+        )
+        self.register_buffer("peak_psnr", torch.tensor(-math.inf))
+        self.register_buffer("peak_step", torch.tensor(-1, dtype=torch.long))
+        self.register_buffer("peak_ema_psnr", torch.tensor(-math.inf))
+        self.register_buffer("best_image", torch.zeros(1, problem.channels, *problem.image_shape))
+        self.ema = ExponentialMovingAverage(self.ema_decay)
+        self.psnr_history: list[Tensor] = []
+        self.ema_psnr_history: list[Tensor] = []
+        return self
+
+    def on_fit_start(self) -> None:
+        if self.problem is None:
+            raise RuntimeError("call attach(problem) before fitting")
+        self.problem = self.problem.to(self.device)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory(params=self.parameters())
+
+    # ------------------------------------------------------------------ forward
+    def split_output(self, output: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Separate the image channels from the optional log-precision channel."""
+        if not self.uses_log_precision:
+            return output, None
+        return output[:, :-1], output[:, -1:]
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor | None]:
+        return self.split_output(self.net(z))
+
+    def data_fidelity(self, image: Tensor, log_precision: Tensor | None) -> Tensor:
+        """MSE through the operator, or the heteroscedastic NLL with a predicted log-precision.
+
+        The NLL is only defined where the measurement lives in image space (the log-precision is a
+        per-pixel map), so for other operators it is applied to the adjoint-free residual A x - y
+        with the log-precision averaged over the image.
+        """
+        problem = self.problem
+        residual = problem.operator(image) - problem.observation
+        if log_precision is None:
+            return residual.pow(2).mean()
+        s = log_precision.clamp(-self.log_precision_clamp, self.log_precision_clamp)
+        if s.shape[-2:] != residual.shape[-2:]:
+            s = s.mean(dim=(-2, -1), keepdim=True)
+        return (torch.exp(s) * residual.pow(2) - s).mean()
+
+    def extra_loss(self) -> Tensor | None:
+        """Loss terms on the weights (the KL of MFVI); none for plain DIP."""
+        return None
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        z = perturb(self.net_input, float(self.input_settings["perturbation_std"]))
+        image, log_precision = self(z)
+        loss = self.data_fidelity(image, log_precision)
+        self.log("train/data_fidelity", loss.detach(), on_step=True, on_epoch=False)
+        if self.image_prior is not None:
+            regulariser = self.image_prior(image)
+            self.log("train/image_prior", regulariser.detach(), on_step=True, on_epoch=False)
+            loss = loss + regulariser
+        extra = self.extra_loss()
+        if extra is not None:
+            self.log("train/weight_prior", extra.detach(), on_step=True, on_epoch=False)
+            loss = loss + extra
+        if self.global_step % self.divergence_check_every == 0 and not torch.isfinite(loss):
+            raise DivergenceError(self.global_step, "loss")
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=False)
+        self.track_output(image.detach())
+        return loss
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.parameters(), self.grad_clip)
+
+    # ------------------------------------------------------------------ tracking
+    def track_output(self, image: Tensor) -> None:
+        """Per-step bookkeeping on the device, without host syncs: EMA, misfit, PSNR, peak."""
+        problem = self.problem
+        self.latest_image = image
+        self.latest_misfit = torch.linalg.vector_norm(problem.operator(image) - problem.observation)
+        self.ema.update(image)
+        ema = self.ema.value
+        self.log("train/misfit", self.latest_misfit, on_step=True, on_epoch=False)
+        if problem.ground_truth is None:
+            self.latest_psnr = None
+            return
+        psnr = fast_psnr(image, problem.ground_truth)
+        ema_psnr = fast_psnr(ema, problem.ground_truth)
+        self.latest_psnr = psnr
+        is_better = psnr > self.peak_psnr
+        self.best_image.copy_(torch.where(is_better, image, self.best_image))
+        self.peak_step.copy_(torch.where(is_better, self.global_step, self.peak_step))
+        self.peak_psnr.copy_(torch.maximum(psnr, self.peak_psnr))
+        self.peak_ema_psnr.copy_(torch.maximum(ema_psnr, self.peak_ema_psnr))
+        self.psnr_history.append(psnr)
+        self.ema_psnr_history.append(ema_psnr)
+        self.log("train/psnr", psnr, on_step=True, on_epoch=False)
+        self.log("train/psnr_ema", ema_psnr, on_step=True, on_epoch=False)
+
+    def psnr_curves(self) -> dict[str, list[float]]:
+        """PSNR of the output and of its EMA at every step (one host copy at the end)."""
+        curves = {}
+        for name, history in (("psnr", self.psnr_history), ("psnr_ema", self.ema_psnr_history)):
+            curves[name] = torch.stack(history).cpu().tolist() if history else []
+        return curves
+
+    # ------------------------------------------------------------------ prediction
+    @torch.no_grad()
+    def sample_outputs(self, num_samples: int) -> tuple[Tensor, Tensor | None]:
+        """Draw ``num_samples`` network outputs in one batched pass on the unperturbed input.
+
+        Normalisation layers use each sample's own statistics, exactly as training (batch of one)
+        does, and their running statistics are left alone.
+        """
+        z = self.net_input.expand(num_samples, -1, -1, -1)
+        with per_sample_norm(self.net):
+            output = self.net(z)
+        return self.split_output(output)
+
+    @torch.no_grad()
+    def predict_distribution(self) -> Prediction:
+        """The predictive mean and variances at the current state of training."""
+        images, log_precision = self.sample_outputs(self.num_samples)
+        mean = images.mean(dim=0, keepdim=True)
+        epistemic = images.var(dim=0, unbiased=False, keepdim=True)
+        aleatoric = self.aleatoric_variance(log_precision)
+        if self.reconstruction == "ema" and self.ema is not None and self.ema.count > 0:
+            mean = self.ema.value
+        elif self.reconstruction == "last" and self.latest_image is not None:
+            mean = self.latest_image
+        return Prediction(mean=mean, epistemic=epistemic, aleatoric=aleatoric)
+
+    def aleatoric_variance(self, log_precision: Tensor | None) -> Tensor:
+        """Mean over samples of exp(-s), broadcast to the image channels; zero without a channel."""
+        shape = (1, self.problem.channels, *self.problem.image_shape)
+        if log_precision is None:
+            return torch.zeros(shape, device=self.net_input.device)
+        s = log_precision.clamp(-self.log_precision_clamp, self.log_precision_clamp)
+        return torch.exp(-s).mean(dim=0, keepdim=True).expand(shape)
+
+    # ------------------------------------------------------------------ evaluation
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        from dip_lightning.methods.evaluation import evaluate_prediction
+
+        metrics = evaluate_prediction(self.predict_distribution(), self.problem)
+        for name, value in metrics.items():
+            self.log(f"val/{name}", value, on_step=False, on_epoch=True)
+
+    def peak_summary(self) -> dict[str, float]:
+        """Peak PSNR of the output and of the EMA over the run, with the step of the peak."""
+        if self.problem is None or self.problem.ground_truth is None or self.peak_step.item() < 0:
+            return {}
+        return {
+            "peak_psnr": float(self.peak_psnr),
+            "peak_step": int(self.peak_step),
+            "peak_psnr_ema": float(self.peak_ema_psnr),
+        }
+

@@ -1,0 +1,118 @@
+"""An inverse problem instance: operator, noisy observation, and (when known) the ground truth.
+
+Example:
+    >>> import torch
+    >>> from dip_lightning.physics.identity import Identity
+    >>> from dip_lightning.physics.noise import GaussianNoise
+    >>> problem = make_observation(torch.rand(1, 32, 32), Identity(), GaussianNoise(0.1), seed=0)
+    >>> problem.observation.shape, problem.image_shape, problem.channels, problem.noise_std
+    (torch.Size([1, 1, 32, 32]), (32, 32), 1, 0.1)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from dip_lightning.physics.base import ForwardOperator
+from dip_lightning.physics.noise import NoiseModel
+
+__all__ = ["InverseProblem", "make_observation"]
+
+
+@dataclass
+class InverseProblem:
+    """One measured image and everything needed to reconstruct it.
+
+    Attributes:
+        operator: the forward operator A.
+        observation: the noisy measurement y, shape (1, C, ...) (the operator's measurement shape).
+        ground_truth: the clean image x, shape (1, C, H, W), or None for real measurements.
+        noise: the noise model that made (or is assumed to have made) y.
+        name: a label for logs and file names.
+        image_shape: (H, W) of the image to reconstruct.
+        channels: C.
+    """
+
+    operator: ForwardOperator
+    observation: Tensor
+    ground_truth: Tensor | None
+    noise: NoiseModel
+    name: str
+    image_shape: tuple[int, int]
+    channels: int
+
+    @property
+    def noise_std(self) -> float | None:
+        """The rms noise level in measurement units (for the discrepancy principle).
+
+        With a ground truth this is ``noise.expected_std(A x)``. Without one (a user's own noisy
+        image) it is estimated as ``noise.expected_std(y)``: exact for absolute Gaussian noise and
+        for no noise, and a plug-in estimate for relative Gaussian, Poisson and speckle noise.
+        """
+        with torch.no_grad():
+            if self.ground_truth is not None:
+                reference = self.operator(self.ground_truth.to(self.observation.device))
+            else:
+                reference = self.observation
+            return self.noise.expected_std(reference)
+
+    @property
+    def measurement_shape(self) -> tuple[int, ...]:
+        """Shape (C, ...) of the observation without its batch axis."""
+        return tuple(self.observation.shape[1:])
+
+    def to(self, device: torch.device | str) -> InverseProblem:
+        """A copy with the tensors on ``device``; the operator (a module) is moved in place."""
+        return dataclasses.replace(
+            self,
+            operator=self.operator.to(device),
+            observation=self.observation.to(device),
+            ground_truth=None if self.ground_truth is None else self.ground_truth.to(device),
+        )
+
+
+def make_observation(
+    image: Tensor,
+    operator: ForwardOperator,
+    noise: NoiseModel,
+    seed: int,
+    name: str = "image",
+) -> InverseProblem:
+    """Simulate y = noise(A x) for a clean image x; the same seed always gives the same y.
+
+    The image is checked with ``operator.check_image_shape`` first, so a size the operator cannot
+    handle fails with a ConfigError before any work. The noise is drawn with a CPU generator seeded
+    with ``seed`` and moved to the operator's device, so CPU and GPU runs see the same observation.
+
+    Args:
+        image: the clean image, (C, H, W) or (1, C, H, W), floating point.
+        operator: the forward operator A.
+        noise: the noise model.
+        seed: the noise seed.
+        name: a label for the problem.
+    """
+    if image.ndim == 3:
+        image = image.unsqueeze(0)
+    if image.ndim != 4 or image.shape[0] != 1:
+        raise ValueError(f"the image must have shape (C, H, W) or (1, C, H, W), got {tuple(image.shape)}")
+    if not image.is_floating_point():
+        raise ValueError(f"the image must be a floating-point tensor scaled to [0, 1], got {image.dtype}")
+    image_shape = (int(image.shape[-2]), int(image.shape[-1]))
+    operator.check_image_shape(image_shape)
+    image = image.detach().to(operator._device())
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    with torch.no_grad():
+        observation = noise(operator(image), generator)
+    return InverseProblem(
+        operator=operator,
+        observation=observation,
+        ground_truth=image,
+        noise=noise,
+        name=name,
+        image_shape=image_shape,
+        channels=int(image.shape[1]),
+    )

@@ -1,0 +1,170 @@
+"""Turning a fitted (or stopped, or diverged) method into the files and numbers of a run."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from dip_lightning.methods.base import DeepImagePrior
+from dip_lightning.methods.evaluation import calibration_curves, evaluate_prediction
+from dip_lightning.methods.prediction import Prediction
+from dip_lightning.metrics.image import psnr, ssim
+from dip_lightning.outputs import save_image, save_json, save_map, save_text
+from dip_lightning.physics.observation import InverseProblem
+from dip_lightning.stopping.callback import EarlyStopping
+from dip_lightning.tracking.image_logger import wandb_loggers
+from dip_lightning.viz.maps import colourise, to_display
+from dip_lightning.viz.plots import calibration_diagram, figure_to_array, save_figure
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """What a job reports: its status, scalar metrics and the files it wrote."""
+
+    status: str
+    metrics: dict[str, Any]
+    output_dir: Path
+    files: list[Path] = field(default_factory=list)
+
+
+def is_image_shaped(problem: InverseProblem) -> bool:
+    return tuple(problem.observation.shape[-2:]) == tuple(problem.image_shape)
+
+
+def choose_prediction(
+    method: DeepImagePrior, stopping: EarlyStopping, status: str
+) -> tuple[Prediction, str]:
+    """The prediction the run reports, and where it came from.
+
+    A diverged network cannot be sampled: the output EMA (updated only with finite outputs) is
+    reported. A stopping criterion's detected image replaces the mean (its uncertainty maps are
+    those at the end of the run).
+    """
+    if status == "diverged":
+        mean = method.ema.value if method.ema is not None and method.ema.count > 0 else method.best_image
+        zeros = torch.zeros_like(mean)
+        return Prediction(mean, zeros, zeros.clone()), "ema_before_divergence"
+    prediction = method.predict_distribution()
+    detected = stopping.criterion.detected_image
+    if stopping.stops_early and detected is not None:
+        prediction = Prediction(detected.to(prediction.mean), prediction.epistemic, prediction.aleatoric)
+        return prediction, f"stopping:{stopping.criterion.name}"
+    return prediction, method.reconstruction
+
+
+def baseline_metrics(problem: InverseProblem) -> tuple[torch.Tensor, dict[str, float]]:
+    """The classical reconstruction (pseudo-inverse: noisy image, bicubic, FBP) and its quality."""
+    baseline = problem.operator.pseudo_inverse(problem.observation).detach()
+    if problem.ground_truth is None:
+        return baseline, {}
+    clipped = baseline.clamp(0, 1)
+    return baseline, {
+        "baseline_psnr": float(psnr(clipped, problem.ground_truth).mean()),
+        "baseline_ssim": float(ssim(clipped, problem.ground_truth).mean()),
+    }
+
+
+def save_uncertainty(output_dir: Path, prediction: Prediction, problem: InverseProblem) -> list[Path]:
+    """Variance maps, the error map and calibration diagrams, for methods with uncertainty."""
+    files: list[Path] = []
+    if not prediction.has_uncertainty:
+        return files
+    for name in ("epistemic", "aleatoric"):
+        files += save_map(output_dir, f"variance_{name}", getattr(prediction, name))
+    files += save_map(output_dir, "variance_total", prediction.total)
+    if problem.ground_truth is not None:
+        files += save_map(output_dir, "error_squared", (prediction.mean - problem.ground_truth).pow(2))
+    for name, curve in calibration_curves(prediction, problem).items():
+        files.append(save_figure(calibration_diagram(curve, title=f"calibration vs {name}"), output_dir / f"calibration_{name}.png"))
+    return files
+
+
+def log_final(trainer: pl.Trainer, metrics: dict[str, Any], output_dir: Path, files: list[Path]) -> None:
+    """Final scalars to every logger; the maps and diagrams to W&B as images."""
+    scalars = {f"final/{k}": v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    for logger in trainer.loggers:
+        try:
+            logger.log_metrics(scalars, step=trainer.global_step)
+            logger.save()
+        except Exception as error:  # noqa: BLE001 - logging trouble must not lose results
+            log.warning("Could not log final metrics to %s: %s", type(logger).__name__, error)
+    from PIL import Image
+    import numpy as np
+
+    pngs = [f for f in files if f.suffix == ".png"]
+    for logger in wandb_loggers(trainer):
+        for png in pngs:
+            try:
+                logger.log_image(key=f"final/{png.stem}", images=[np.asarray(Image.open(png))], step=trainer.global_step)
+            except Exception as error:  # noqa: BLE001
+                log.warning("Could not log %s to W&B: %s", png.name, error)
+
+
+def finalise(
+    method: DeepImagePrior,
+    problem: InverseProblem,
+    stopping: EarlyStopping,
+    trainer: pl.Trainer,
+    output_dir: Path,
+    cfg: DictConfig,
+    *,
+    status: str,
+    reason: str,
+    seconds: float,
+) -> RunResult:
+    """Evaluate, write every output file, log the final numbers and print the summary."""
+    problem = problem.to(method.device)
+    prediction, source = choose_prediction(method, stopping, status)
+    metrics: dict[str, Any] = {"status": status, "steps": int(trainer.global_step), "seconds": round(seconds, 2)}
+    if reason:
+        metrics["reason"] = reason
+    metrics["reconstruction_source"] = source
+    metrics.update(evaluate_prediction(prediction, problem))
+    metrics.update(method.peak_summary())
+    if "peak_psnr" in metrics and "psnr" in metrics:
+        metrics["peak_gap"] = metrics["peak_psnr"] - metrics["psnr"]
+    metrics.update(stopping.summary())
+    baseline, base_metrics = baseline_metrics(problem)
+    metrics.update(base_metrics)
+
+    prediction = prediction.detach_cpu()
+    files = save_image(output_dir, "reconstruction", prediction.mean)
+    files += save_image(output_dir, "observation", problem.observation.cpu())
+    if not is_image_shaped(problem) or base_metrics:
+        files += save_image(output_dir, "baseline", baseline.clamp(0, 1).cpu())
+    if problem.ground_truth is not None:
+        files += save_image(output_dir, "ground_truth", problem.ground_truth.cpu())
+    files += save_uncertainty(output_dir, prediction, problem.to("cpu"))
+    files.append(save_json(output_dir / "curves.json", method.psnr_curves()))
+    files.append(save_json(output_dir / "metrics.json", metrics))
+    files.append(save_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True)))
+    log_final(trainer, metrics, output_dir, files)
+    result = RunResult(status=status, metrics=metrics, output_dir=output_dir, files=files)
+    print_summary(result, problem)
+    return result
+
+
+def print_summary(result: RunResult, problem: InverseProblem) -> None:
+    """A short, plain summary on stdout: quality, uncertainty, where the files are."""
+    m = result.metrics
+    lines = [f"[dip-lightning] {problem.name}: {result.status} after {m['steps']} steps in {m['seconds']:.1f} s"]
+    if "psnr" in m:
+        lines.append(f"  reconstruction PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f} ({m['reconstruction_source']})")
+    if "baseline_psnr" in m:
+        lines.append(f"  baseline (pseudo-inverse) PSNR {m['baseline_psnr']:.2f} dB, SSIM {m['baseline_ssim']:.4f}")
+    if "peak_psnr" in m:
+        lines.append(f"  peak PSNR {m['peak_psnr']:.2f} dB at step {m['peak_step']}, EMA peak {m['peak_psnr_ema']:.2f} dB")
+    if "uce" in m:
+        lines.append(f"  UCE {m['uce']:.5f} (vs truth), NLL {m['nll']:.3f}")
+    if "reason" in m:
+        lines.append(f"  {m['reason']}")
+    lines.append(f"  outputs: {result.output_dir}")
+    print("\n".join(lines), flush=True)

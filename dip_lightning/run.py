@@ -1,0 +1,172 @@
+"""One job: build the problem and the method from the config, fit, evaluate, save, return the objective.
+
+Everything that can be checked cheaply (files, sizes, settings) is built and validated before the
+first training step, so bad input fails in seconds. Whatever happens during training (divergence,
+Ctrl-C), the best result so far is written and the W&B run is finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from dip_lightning.data.datamodule import SingleObservationDataModule
+from dip_lightning.data.io import fit_size
+from dip_lightning.errors import ConfigError, DivergenceError
+from dip_lightning.methods.base import DeepImagePrior
+from dip_lightning.physics.observation import InverseProblem, make_observation
+from dip_lightning.results import RunResult, finalise
+from dip_lightning.stopping.callback import EarlyStopping
+from dip_lightning.tracking.wandb_setup import finish_wandb, prepare_wandb_kwargs
+
+log = logging.getLogger(__name__)
+
+STATUS_COMPLETED = "completed"
+STATUS_DIVERGED = "diverged"
+STATUS_INTERRUPTED = "interrupted"
+
+
+def quiet_third_party_logs() -> None:
+    """Silence chatter that hides the run summary (Lightning tips, W&B banners)."""
+    for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "wandb"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*Starting from v1.9.0, `tensorboardX`.*")
+    warnings.filterwarnings("ignore", message=".*The number of training batches.*")
+
+
+def output_directory(cfg: DictConfig) -> Path:
+    """The Hydra run directory of this job (or ``paths.output_dir`` outside Hydra)."""
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(cfg.paths.output_dir)
+
+
+def multirun_group(cfg: DictConfig) -> str | None:
+    """W&B group of this job: the configured one, else the sweep directory inside a multirun."""
+    if cfg.get("wandb_group"):
+        return str(cfg.wandb_group)
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return Path(HydraConfig.get().sweep.dir).name
+    return None
+
+
+def size_multiple(cfg: DictConfig) -> tuple[int, int]:
+    """The image-size multiple and minimum side the configured network needs."""
+    probe = instantiate(cfg.model)(in_channels=1, out_channels=1)
+    return int(getattr(probe, "size_multiple", 1)), int(getattr(probe, "min_size", 1))
+
+
+def build_problem(cfg: DictConfig) -> InverseProblem:
+    """Load the image, fit its size to the network, build the operator and the observation."""
+    loaded = instantiate(cfg.data).load()
+    multiple, min_size = size_multiple(cfg)
+    image, _ = fit_size(loaded.image, multiple, min_size, policy=cfg.data.get("size_policy", "crop"))
+    operator = instantiate(cfg.operator)(image_shape=tuple(image.shape[-2:]))
+    noise = instantiate(cfg.noise)
+    return make_observation(image, operator, noise, seed=int(cfg.observation_seed), name=loaded.name)
+
+
+def build_method(cfg: DictConfig, problem: InverseProblem) -> DeepImagePrior:
+    prior_cfg = cfg.prior.get("image_prior")
+    image_prior = instantiate(prior_cfg) if prior_cfg else None
+    method = instantiate(cfg.method, net=instantiate(cfg.model), image_prior=image_prior)
+    return method.attach(problem)
+
+
+def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Any]:
+    loggers = []
+    for name, logger_cfg in (cfg.get("logger") or {}).items():
+        if logger_cfg is None or "_target_" not in logger_cfg:
+            continue
+        kwargs: dict[str, Any] = {}
+        if name == "wandb":
+            kwargs = prepare_wandb_kwargs(OmegaConf.to_container(logger_cfg, resolve=True))
+            kwargs.pop("_target_")
+            kwargs["group"] = multirun_group(cfg)
+            kwargs["save_dir"] = str(output_dir)
+            kwargs["config"] = OmegaConf.to_container(cfg, resolve=True)
+            kwargs.pop("_target_", None)
+            from pytorch_lightning.loggers import WandbLogger
+
+            loggers.append(WandbLogger(**kwargs))
+            continue
+        loggers.append(instantiate(logger_cfg, save_dir=str(output_dir)))
+    return loggers
+
+
+def build_callbacks(cfg: DictConfig) -> tuple[list[pl.Callback], EarlyStopping]:
+    stopping = EarlyStopping(instantiate(cfg.stopping.criterion))
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+    return [*callbacks, stopping], stopping
+
+
+def objective_value(cfg: DictConfig, result: RunResult) -> float | tuple[float, ...]:
+    """The value(s) Optuna optimises; a finite penalty (never NaN) for diverged or missing runs."""
+    names = cfg.optimized_metric
+    directions = cfg.optimization_direction
+    if not isinstance(names, ListConfig | list | tuple):
+        names, directions = [names], [directions]
+    values = []
+    for name, direction in zip(names, directions):
+        value = result.metrics.get(str(name))
+        penalty = abs(float(cfg.objective_penalty))
+        if result.status == STATUS_DIVERGED or not isinstance(value, int | float) or not math.isfinite(value):
+            value = -penalty if direction == "maximize" else penalty
+        values.append(float(value))
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def run(cfg: DictConfig) -> float | tuple[float, ...]:
+    """Run one job end to end and return its objective value."""
+    quiet_third_party_logs()
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    output_dir = output_directory(cfg)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    problem = build_problem(cfg)
+    method = build_method(cfg, problem)
+    callbacks, stopping = build_callbacks(cfg)
+    loggers = build_loggers(cfg, output_dir)
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+
+    status, reason = STATUS_COMPLETED, ""
+    start = time.perf_counter()
+    try:
+        trainer.fit(method, datamodule=SingleObservationDataModule())
+    except DivergenceError as error:
+        status, reason = STATUS_DIVERGED, str(error)
+        log.error("%s Keeping the best result so far.", error)
+    except (KeyboardInterrupt, SystemExit) as error:
+        if isinstance(error, SystemExit) and not trainer.interrupted:
+            raise
+        status, reason = STATUS_INTERRUPTED, "interrupted by the user"
+    seconds = time.perf_counter() - start
+    try:
+        result = finalise(
+            method, problem, stopping, trainer, output_dir, cfg, status=status, reason=reason, seconds=seconds
+        )
+    finally:
+        finish_wandb(exit_code=0 if status == STATUS_COMPLETED else 1)
+    if status == STATUS_INTERRUPTED:
+        raise KeyboardInterrupt
+    return objective_value(cfg, result)
+
+
+def require(condition: bool, setting: str, value: object, allowed: str) -> None:
+    """Raise ConfigError unless ``condition`` holds."""
+    if not condition:
+        raise ConfigError(setting, value, allowed)

@@ -1,0 +1,159 @@
+"""Lightning glue: feed each step's output to a stopping criterion and stop the trainer.
+
+The method (a LightningModule) publishes what the criteria need after every training step:
+``latest_image`` (1, C, H, W), detached, on the device; ``latest_misfit`` (0-dim ||A x - y||) and
+``latest_psnr`` (0-dim, None without ground truth). The problem (``pl_module.problem``) gives the
+observation, the ground truth and the noise std, which the callback checks before training starts
+so that a bad combination fails at once instead of after the first step.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytorch_lightning as pl
+from torch import Tensor
+
+from dip_lightning.errors import ConfigError
+from dip_lightning.stopping.criteria import DiscrepancyPrinciple, Oracle, StoppingCriterion
+from dip_lightning.stopping.noise_level import estimate_noise_std
+
+log = logging.getLogger(__name__)
+
+NOISE_FROM_CONFIG = "config (stopping.noise_std)"
+NOISE_FROM_PROBLEM = "problem (known noise std)"
+NOISE_ESTIMATED = "estimated from the observation (wavelet MAD)"
+
+
+def _real_element_count(observation: Tensor) -> int:
+    """Number of real-valued measurement elements; a complex value counts as two."""
+    return observation.numel() * (2 if observation.is_complex() else 1)
+
+
+class EarlyStopping(pl.Callback):
+    """Runs ``criterion`` after every training step and stops training when it says so."""
+
+    def __init__(self, criterion: StoppingCriterion) -> None:
+        if not isinstance(criterion, StoppingCriterion):
+            raise TypeError(f"EarlyStopping needs a StoppingCriterion, got {type(criterion).__name__}")
+        self.criterion = criterion
+        self.noise_std: float | None = None
+        self.noise_std_source: str | None = None
+        self.stopped_early = False
+        self.stop_step: int | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        problem = getattr(pl_module, "problem", None)
+        if problem is None:
+            raise RuntimeError("EarlyStopping needs pl_module.problem; attach the problem before fitting")
+        self.prepare(problem)
+
+    def prepare(self, problem: Any) -> None:
+        """Check the criterion against ``problem`` and give the discrepancy principle its delta."""
+        if isinstance(self.criterion, Oracle) and problem.ground_truth is None:
+            raise ConfigError(
+                "stopping",
+                "oracle",
+                "needs a ground-truth image; this problem has none, so choose stopping=wmv, emv, "
+                "discrepancy or fixed",
+            )
+        if isinstance(self.criterion, DiscrepancyPrinciple):
+            self._prepare_discrepancy(self.criterion, problem)
+
+    def _prepare_discrepancy(self, criterion: DiscrepancyPrinciple, problem: Any) -> None:
+        observation: Tensor = problem.observation
+        sigma, source = self._noise_level(criterion, problem)
+        if not sigma > 0:
+            raise ConfigError(
+                "stopping.noise_std",
+                criterion.noise_std,
+                f"the noise level from the {source} is {sigma}, so the misfit target would be 0; "
+                "set stopping.noise_std > 0 or choose another criterion",
+            )
+        criterion.set_noise_level(sigma, _real_element_count(observation))
+        self.noise_std, self.noise_std_source = sigma, source
+        log.info(
+            "discrepancy principle: noise std %.4g from the %s; stop when misfit <= %.4g (tau=%g)",
+            sigma,
+            source,
+            criterion.threshold,
+            criterion.tau,
+        )
+
+    @staticmethod
+    def _noise_level(criterion: DiscrepancyPrinciple, problem: Any) -> tuple[float, str]:
+        """The configured noise std, else the problem's, else an estimate from the observation."""
+        if criterion.noise_std is not None:
+            return criterion.noise_std, NOISE_FROM_CONFIG
+        known = getattr(problem, "noise_std", None)
+        if known is not None:
+            return float(known), NOISE_FROM_PROBLEM
+        try:
+            return estimate_noise_std(problem.observation), NOISE_ESTIMATED
+        except ValueError as error:
+            raise ConfigError(
+                "stopping.noise_std", None, f"must be set because it cannot be estimated here ({error})"
+            ) from error
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        image = getattr(pl_module, "latest_image", None)
+        if image is None:
+            raise RuntimeError(
+                f"EarlyStopping needs {type(pl_module).__name__}.latest_image "
+                "to be set in every training step"
+            )
+        step = trainer.global_step
+        stop = self.criterion.update(
+            step,
+            image,
+            misfit=getattr(pl_module, "latest_misfit", None),
+            psnr=getattr(pl_module, "latest_psnr", None),
+        )
+        if stop and not self.stopped_early:
+            self.stopped_early = True
+            self.stop_step = step
+            log.info(
+                "early stopping (%s) at step %d; reconstruction from step %s",
+                self.criterion.name,
+                step,
+                self.criterion.detected_step,
+            )
+        if stop:
+            trainer.should_stop = True
+
+    def summary(self) -> dict[str, Any]:
+        """What to log at the end of a run: where the reconstruction comes from and why."""
+        return {
+            "criterion": self.criterion.name,
+            "detected_step": self.criterion.detected_step,
+            "stopped_early": self.stopped_early,
+            "stop_step": self.stop_step,
+            "noise_std": self.noise_std,
+            "noise_std_source": self.noise_std_source,
+            "best_score": self.criterion.best_score,
+            "final_score": self.criterion.last_score,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "criterion": self.criterion.state_dict(),
+            "stopped_early": self.stopped_early,
+            "stop_step": self.stop_step,
+            "noise_std": self.noise_std,
+            "noise_std_source": self.noise_std_source,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.criterion.load_state_dict(state_dict["criterion"])
+        self.stopped_early = bool(state_dict["stopped_early"])
+        self.stop_step = state_dict["stop_step"]
+        self.noise_std = state_dict["noise_std"]
+        self.noise_std_source = state_dict["noise_std_source"]

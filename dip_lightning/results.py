@@ -18,6 +18,7 @@ from dip_lightning.metrics.image import psnr, ssim
 from dip_lightning.outputs import save_image, save_json, save_map, save_text
 from dip_lightning.physics.observation import InverseProblem
 from dip_lightning.stopping.callback import EarlyStopping
+from dip_lightning.stopping.criteria import FixedSteps
 from dip_lightning.tracking.image_logger import wandb_loggers
 from dip_lightning.viz.maps import colourise, to_display
 from dip_lightning.viz.plots import calibration_diagram, figure_to_array, save_figure
@@ -49,12 +50,12 @@ def choose_prediction(
     those at the end of the run).
     """
     if status == "diverged":
-        mean = method.ema.value if method.ema is not None and method.ema.count > 0 else method.best_image
+        mean = method.ema.value if method.ema is not None and method.ema.steps > 0 else method.best_image
         zeros = torch.zeros_like(mean)
         return Prediction(mean, zeros, zeros.clone()), "ema_before_divergence"
     prediction = method.predict_distribution()
     detected = stopping.criterion.detected_image
-    if stopping.stops_early and detected is not None:
+    if not isinstance(stopping.criterion, FixedSteps) and detected is not None:
         prediction = Prediction(detected.to(prediction.mean), prediction.epistemic, prediction.aleatoric)
         return prediction, f"stopping:{stopping.criterion.name}"
     return prediction, method.reconstruction

@@ -138,7 +138,7 @@ def test_downsampling_pseudo_inverse_is_bicubic() -> None:
     assert float((restored - smooth)[..., 8:-8, 8:-8].abs().max()) < 0.01
 
 
-@pytest.mark.parametrize(("factor", "kernel"), [(2, "lanczos2"), (4, "gauss"), (2, "box")])
+@pytest.mark.parametrize(("factor", "kernel"), [(2, "lanczos2"), (2, "gauss"), (4, "box")])
 def test_downsampling_propagates_variance(factor: int, kernel: str) -> None:
     assert_variance_propagation(Downsampling(factor=factor, kernel=kernel), 2, (4 * factor, 3 * factor))
 
@@ -165,7 +165,9 @@ def test_downsampling_rejects_unknown_kernel() -> None:
     assert "lanczos2" in str(info.value)
 
 
-@pytest.mark.parametrize(("shape", "named"), [((30, 32), "height 30"), ((32, 34), "width 34"), ((6, 10), "height 6")])
+@pytest.mark.parametrize(
+    ("shape", "named"), [((30, 32), "height 30"), ((32, 34), "width 34"), ((6, 10), "height 6")]
+)
 def test_downsampling_size_must_be_divisible(shape: tuple[int, int], named: str) -> None:
     op = Downsampling(factor=4)
     with pytest.raises(ConfigError) as info:
@@ -208,7 +210,7 @@ def test_inpainting_soft_mask_adjoint_and_variance() -> None:
     x = torch.rand(1, 3, 20, 28)
     assert torch.allclose(op(x), x * mask)
     assert torch.allclose(op.propagate_variance(torch.ones_like(x)), (mask**2).expand_as(x))
-    assert_variance_propagation(op, 2, (20, 28))
+    assert_variance_propagation(Inpainting.from_mask(mask[3:11, :10]), 2, (8, 10))
     with pytest.raises(ValueError):
         Inpainting.from_mask(mask * 2)
 
@@ -458,13 +460,15 @@ def test_make_observation_checks_the_shape_first() -> None:
 
 def test_noise_std_depends_on_the_clean_measurement() -> None:
     image = torch.full((1, 16, 16), 0.5)
-    problem = make_observation(image, Inpainting((16, 16), missing_fraction=0.5), GaussianNoise(0.1, relative=True), 0)
+    problem = make_observation(
+        image, Inpainting((16, 16), missing_fraction=0.5), GaussianNoise(0.1, relative=True), 0
+    )
     # Relative noise is measured against A x (half of it masked to zero), not x.
     assert problem.noise_std == pytest.approx(0.1 * 0.25)
     blind = InverseProblem(
         problem.operator, problem.observation, None, problem.noise, "blind", problem.image_shape, 1
     )
-    assert blind.noise_std == pytest.approx(0.1 * float(problem.observation.abs().mean()))
+    assert blind.noise_std is None
     poisson = make_observation(image, Identity(), PoissonNoise(10.0), seed=0)
     assert poisson.noise_std == pytest.approx((0.5 / 10.0) ** 0.5)
 

@@ -139,17 +139,63 @@ def take_slice(volume: np.ndarray, slice_index: int | None, slice_axis: int, sou
 
 
 def _read_pillow(path: Path, slice_index: int | None, slice_axis: int) -> np.ndarray:
-    """Decode common image formats; 16-bit and float TIFFs PIL cannot open go to tifffile."""
-    from PIL import Image, UnidentifiedImageError
+    """Decode PNG, JPEG and BMP with Pillow; TIFFs go to :func:`_read_tiff`."""
+    try:
+        return _pillow_array(path)
+    except InputFileError:
+        raise
+    except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, ... for bad files
+        raise InputFileError(path, f"the file is unreadable or truncated ({err})") from err
+
+
+def _pillow_array(path: Path) -> np.ndarray:
+    """Open with Pillow and force a full decode so truncation is detected here, not later."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()
+        return _pil_to_array(img)
+
+
+def _read_tiff(path: Path, slice_index: int | None, slice_axis: int) -> np.ndarray:
+    """TIFF via tifffile first: Pillow silently reduces 16-bit RGB to 8 bits.
+
+    Pillow remains the fallback for the compressions tifffile cannot decode without extra codecs.
+    """
+    import tifffile
 
     try:
-        with Image.open(path) as img:
-            img.load()
-            return _pil_to_array(img)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        if file_suffix(path) in (".tif", ".tiff"):
-            return _read_tifffile(path, slice_index, slice_axis, pil_error=err)
-        raise InputFileError(path, f"the file is unreadable or truncated ({err})") from err
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            array, axes = np.asarray(series.asarray()), series.axes
+    except Exception as tiff_err:  # tifffile raises many unrelated types for damaged files
+        try:
+            return _pillow_array(path)
+        except Exception as pil_err:
+            raise InputFileError(
+                path, f"the file is unreadable or truncated (tifffile: {tiff_err}; Pillow: {pil_err})"
+            ) from pil_err
+    return _tiff_image(array, axes, slice_index, path)
+
+
+def _tiff_image(array: np.ndarray, axes: str, slice_index: int | None, path: Path) -> np.ndarray:
+    """Use tifffile's axis labels to tell colour samples ('S') from pages of a stack."""
+    keep = [i for i, n in enumerate(array.shape) if n > 1]
+    array = array.reshape([array.shape[i] for i in keep])
+    axes = "".join(axes[i] for i in keep)
+    if "S" in axes:
+        array = np.moveaxis(array, axes.index("S"), -1)
+        axes = axes.replace("S", "") + "S"
+        if array.shape[-1] == 4:
+            array = array[..., :3]  # RGBA: drop alpha
+    spatial = len(axes) - axes.count("S")
+    if spatial == 3:
+        return take_slice(array, slice_index, 0, path)  # a page stack: pages come first
+    if spatial > 3:
+        raise InputFileError(
+            path, f"the TIFF holds data of shape {array.shape} (axes {axes}); only pages of 2-D images work"
+        )
+    return array
 
 
 def _pil_to_array(img: Any) -> np.ndarray:
@@ -169,25 +215,6 @@ def _pil_to_array(img: Any) -> np.ndarray:
     if mode in ("RGBA", "LA") and array.ndim == 3:
         array = array[..., :-1]
     return np.ascontiguousarray(array)
-
-
-def _read_tifffile(
-    path: Path, slice_index: int | None, slice_axis: int, pil_error: Exception | None = None
-) -> np.ndarray:
-    """Read TIFFs that PIL rejects (multi-sample 16-bit, float RGB, stacks)."""
-    import tifffile
-
-    try:
-        array = np.asarray(tifffile.imread(path))
-    except Exception as err:  # tifffile raises many unrelated types for damaged files
-        reason = f"the file is unreadable or truncated ({err})"
-        if pil_error is not None:
-            reason += f"; Pillow also failed: {pil_error}"
-        raise InputFileError(path, reason) from err
-    array = np.squeeze(array)
-    if array.ndim == 3 and array.shape[-1] == 4 and slice_index is None:
-        array = array[..., :3]  # RGBA: drop alpha
-    return _image_or_slice(array, slice_index, slice_axis, path)
 
 
 def _image_or_slice(array: np.ndarray, slice_index: int | None, slice_axis: int, path: Path) -> np.ndarray:
@@ -287,6 +314,8 @@ def _read_nifti(path: Path, slice_index: int | None, slice_axis: int) -> np.ndar
 
 _READERS: dict[str, Callable[[Path, int | None, int], np.ndarray]] = {
     **dict.fromkeys(PIL_SUFFIXES, _read_pillow),
+    ".tif": _read_tiff,
+    ".tiff": _read_tiff,
     ".npy": _read_npy,
     ".dcm": _read_dicom,
     ".nii": _read_nifti,

@@ -240,7 +240,7 @@ class DeepImagePrior(pl.LightningModule):
         mean = images.mean(dim=0, keepdim=True)
         epistemic = images.var(dim=0, unbiased=False, keepdim=True)
         aleatoric = self.aleatoric_variance(log_precision)
-        if self.reconstruction == "ema" and self.ema is not None and self.ema.count > 0:
+        if self.reconstruction == "ema" and self.ema is not None and self.ema.steps > 0:
             mean = self.ema.value
         elif self.reconstruction == "last" and self.latest_image is not None:
             mean = self.latest_image

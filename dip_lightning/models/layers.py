@@ -63,7 +63,7 @@ class SampleBatchNorm2d(nn.BatchNorm2d):
         self.per_sample = False
 
     def forward(self, x: Tensor) -> Tensor:
-        if True:
+        if not self.per_sample:
             return super().forward(x)
         return F.instance_norm(
             x,

@@ -91,7 +91,9 @@ class Downsampling(ForwardOperator):
         assert 2 * self.padding == self.kernel_size - self.factor
         kernel_2d = torch.outer(taps, taps)
         self.register_buffer("kernel", kernel_2d.to(torch.float32)[None, None], persistent=False)
-        self.register_buffer("kernel_squared", kernel_2d.square().to(torch.float32)[None, None], persistent=False)
+        self.register_buffer(
+            "kernel_squared", kernel_2d.square().to(torch.float32)[None, None], persistent=False
+        )
         self.image_shape = None
         if image_shape is not None:
             shape = (int(image_shape[0]), int(image_shape[1]))
@@ -100,7 +102,9 @@ class Downsampling(ForwardOperator):
 
     def check_image_shape(self, image_shape: tuple[int, int]) -> None:
         height, width = (int(s) for s in image_shape)
-        bad = [f"{name} {size}" for name, size in (("height", height), ("width", width)) if size % self.factor]
+        bad = [
+            f"{name} {size}" for name, size in (("height", height), ("width", width)) if size % self.factor
+        ]
         if bad or height <= 0 or width <= 0:
             raise ConfigError(
                 "operator.factor",
@@ -115,7 +119,9 @@ class Downsampling(ForwardOperator):
         return buffer.to(device=x.device, dtype=x.dtype).expand(channels, 1, -1, -1)
 
     def _conv(self, x: Tensor, buffer: Tensor) -> Tensor:
-        return F.conv2d(x, self._weights(buffer, x), stride=self.factor, padding=self.padding, groups=x.shape[1])
+        return F.conv2d(
+            x, self._weights(buffer, x), stride=self.factor, padding=self.padding, groups=x.shape[1]
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv(x, self.kernel)

@@ -53,9 +53,7 @@ def random_pixel_mask(shape: tuple[int, int], fraction: float, rng: np.random.Ge
     return torch.from_numpy(mask.reshape(height, width))
 
 
-def block_mask(
-    shape: tuple[int, int], fraction: float, block_size: int, rng: np.random.Generator
-) -> Tensor:
+def block_mask(shape: tuple[int, int], fraction: float, block_size: int, rng: np.random.Generator) -> Tensor:
     """A (H, W) float32 mask with random square holes of side ``block_size``.
 
     Holes may overlap and are cropped at the border (their top-left corner is uniform over all
@@ -90,9 +88,9 @@ def stroke_mask(
 
     Each stroke starts at a uniform random point and has 2 to ``max_segments`` straight segments
     whose direction turns by N(0, 0.8 rad) at each vertex and whose lengths are 3% to 12% of the
-    larger image side; a stroke that reaches the border ends there. A pixel is missing when its centre lies within ``stroke_width / 2`` of a
-    segment. Segments are added until the missing fraction is as close to ``fraction`` as the next
-    segment can bring it.
+    larger image side; a stroke that reaches the border ends there. A pixel is missing when its
+    centre lies within ``stroke_width / 2`` of a segment. Segments are added until the missing
+    fraction is as close to ``fraction`` as the next segment can bring it.
     """
     height, width = shape
     mask = np.ones(shape, dtype=np.float32)
@@ -232,7 +230,9 @@ def _colour_axes_last(array: np.ndarray, path: Path) -> np.ndarray:
     elif array.ndim == 3 and array.shape[-1] in (3, 4):  # RGB, RGBA
         array = array[..., :3]
     if array.ndim not in (2, 3) or min(array.shape[:2]) == 0:
-        raise InputFileError(path, f"a mask must be a 2-D grey or RGB image, got an array of shape {array.shape}")
+        raise InputFileError(
+            path, f"a mask must be a 2-D grey or RGB image, got an array of shape {array.shape}"
+        )
     return array
 
 
@@ -260,7 +260,9 @@ def read_mask_file(path: str | Path, shape: tuple[int, int] | None = None, inver
     except InputFileError:
         raise
     except Exception as error:  # PIL, numpy and tifffile raise many types for broken files
-        raise InputFileError(path, f"cannot read it as a mask image ({type(error).__name__}: {error})") from error
+        raise InputFileError(
+            path, f"cannot read it as a mask image ({type(error).__name__}: {error})"
+        ) from error
     mask = _to_unit_range(_colour_axes_last(np.asarray(raw), path), path)
     if mask.ndim == 3:
         mask = mask.mean(axis=-1)
@@ -338,11 +340,15 @@ class Inpainting(ForwardOperator):
             mask = block_mask(shape, self.missing_fraction, int(block_size), rng)
         elif kind == "strokes":
             if int(stroke_width) < 1:
-                raise ConfigError("operator.stroke_width", stroke_width, "must be a positive number of pixels")
+                raise ConfigError(
+                    "operator.stroke_width", stroke_width, "must be a positive number of pixels"
+                )
             mask = stroke_mask(shape, self.missing_fraction, int(stroke_width), rng)
         else:
             if mask_path is None or str(mask_path) == "":
-                raise ConfigError("operator.mask_path", mask_path, "kind='file' needs the path of a mask image")
+                raise ConfigError(
+                    "operator.mask_path", mask_path, "kind='file' needs the path of a mask image"
+                )
             mask = read_mask_file(mask_path, shape, bool(invert_mask_file))
         self._set_mask(mask)
 
@@ -380,10 +386,10 @@ class Inpainting(ForwardOperator):
         shape = (int(image_shape[0]), int(image_shape[1]))
         if shape != self.image_shape:
             height, width = self.image_shape
-            setting, value = ("operator.mask_path", self.mask_path) if self.kind == "file" else (
-                "operator.image_shape",
-                self.image_shape,
-            )
+            if self.kind == "file":
+                setting, value = "operator.mask_path", self.mask_path
+            else:
+                setting, value = "operator.image_shape", self.image_shape
             raise ConfigError(
                 setting,
                 value,
@@ -407,4 +413,5 @@ class Inpainting(ForwardOperator):
         return variance * self._mask_like(variance).square()
 
     def extra_repr(self) -> str:
-        return f"kind={self.kind!r}, observed_fraction={self.observed_fraction:.3f}, image_shape={self.image_shape}"
+        observed = self.observed_fraction
+        return f"kind={self.kind!r}, observed_fraction={observed:.3f}, image_shape={self.image_shape}"

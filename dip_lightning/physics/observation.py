@@ -47,18 +47,15 @@ class InverseProblem:
 
     @property
     def noise_std(self) -> float | None:
-        """The rms noise level in measurement units (for the discrepancy principle).
+        """The rms noise level in measurement units, ``noise.expected_std(A x)`` (discrepancy principle).
 
-        With a ground truth this is ``noise.expected_std(A x)``. Without one (a user's own noisy
-        image) it is estimated as ``noise.expected_std(y)``: exact for absolute Gaussian noise and
-        for no noise, and a plug-in estimate for relative Gaussian, Poisson and speckle noise.
+        None without a ground truth: the level of a real measurement's noise is not known here,
+        and callers then fall back to a setting or an estimate from the observation.
         """
+        if self.ground_truth is None:
+            return None
         with torch.no_grad():
-            if self.ground_truth is not None:
-                reference = self.operator(self.ground_truth.to(self.observation.device))
-            else:
-                reference = self.observation
-            return self.noise.expected_std(reference)
+            return self.noise.expected_std(self.operator(self.ground_truth.to(self.observation.device)))
 
     @property
     def measurement_shape(self) -> tuple[int, ...]:
@@ -85,8 +82,9 @@ def make_observation(
     """Simulate y = noise(A x) for a clean image x; the same seed always gives the same y.
 
     The image is checked with ``operator.check_image_shape`` first, so a size the operator cannot
-    handle fails with a ConfigError before any work. The noise is drawn with a CPU generator seeded
-    with ``seed`` and moved to the operator's device, so CPU and GPU runs see the same observation.
+    handle fails with a ConfigError before any work. The image is moved to the operator's device (if
+    the operator holds tensors). The noise is drawn with a CPU generator seeded with ``seed`` and
+    moved to that device, so CPU and GPU runs see the same observation.
 
     Args:
         image: the clean image, (C, H, W) or (1, C, H, W), floating point.
@@ -103,7 +101,9 @@ def make_observation(
         raise ValueError(f"the image must be a floating-point tensor scaled to [0, 1], got {image.dtype}")
     image_shape = (int(image.shape[-2]), int(image.shape[-1]))
     operator.check_image_shape(image_shape)
-    image = image.detach().to(operator._device())
+    tensors = [*operator.buffers(), *operator.parameters()]
+    # Operators without tensors (the identity, matrix-free ones) act wherever the image is.
+    image = image.detach().to(tensors[0].device if tensors else image.device)
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     with torch.no_grad():
         observation = noise(operator(image), generator)

@@ -110,7 +110,10 @@ class EarlyStopping(pl.Callback):
                 f"EarlyStopping needs {type(pl_module).__name__}.latest_image "
                 "to be set in every training step"
             )
-        step = trainer.global_step
+        # The output was computed before this batch's optimizer step, so it belongs to step
+        # global_step - 1: the step Lightning logs this batch's metrics under and the method's
+        # own peak tracking uses.
+        step = max(trainer.global_step - 1, 0)
         stop = self.criterion.update(
             step,
             image,

@@ -31,7 +31,7 @@ class ImageLogger(pl.Callback):
             return
         problem = pl_module.problem
         images = {"images/output": pl_module.latest_image}
-        if pl_module.ema is not None and pl_module.ema.count > 0:
+        if pl_module.ema is not None and pl_module.ema.steps > 0:
             images["images/output_ema"] = pl_module.ema.value
         if not self._static_logged:
             images["images/pseudo_inverse"] = problem.operator.pseudo_inverse(problem.observation)

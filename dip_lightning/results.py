@@ -20,8 +20,7 @@ from dip_lightning.physics.observation import InverseProblem
 from dip_lightning.stopping.callback import EarlyStopping
 from dip_lightning.stopping.criteria import FixedSteps
 from dip_lightning.tracking.image_logger import wandb_loggers
-from dip_lightning.viz.maps import colourise, to_display
-from dip_lightning.viz.plots import calibration_diagram, figure_to_array, save_figure
+from dip_lightning.viz.plots import calibration_diagram, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +39,7 @@ def is_image_shaped(problem: InverseProblem) -> bool:
     return tuple(problem.observation.shape[-2:]) == tuple(problem.image_shape)
 
 
-def choose_prediction(
-    method: DeepImagePrior, stopping: EarlyStopping, status: str
-) -> tuple[Prediction, str]:
+def choose_prediction(method: DeepImagePrior, stopping: EarlyStopping, status: str) -> tuple[Prediction, str]:
     """The prediction the run reports, and where it came from.
 
     A diverged network cannot be sampled: the output EMA (updated only with finite outputs) is
@@ -84,28 +81,37 @@ def save_uncertainty(output_dir: Path, prediction: Prediction, problem: InverseP
     if problem.ground_truth is not None:
         files += save_map(output_dir, "error_squared", (prediction.mean - problem.ground_truth).pow(2))
     for name, curve in calibration_curves(prediction, problem).items():
-        files.append(save_figure(calibration_diagram(curve, title=f"calibration vs {name}"), output_dir / f"calibration_{name}.png"))
+        files.append(
+            save_figure(
+                calibration_diagram(curve, title=f"calibration vs {name}"),
+                output_dir / f"calibration_{name}.png",
+            )
+        )
     return files
 
 
 def log_final(trainer: pl.Trainer, metrics: dict[str, Any], output_dir: Path, files: list[Path]) -> None:
     """Final scalars to every logger; the maps and diagrams to W&B as images."""
-    scalars = {f"final/{k}": v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    scalars = {
+        f"final/{k}": v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }
     for logger in trainer.loggers:
         try:
             logger.log_metrics(scalars, step=trainer.global_step)
             logger.save()
-        except Exception as error:  # noqa: BLE001 - logging trouble must not lose results
+        except Exception as error:
             log.warning("Could not log final metrics to %s: %s", type(logger).__name__, error)
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     pngs = [f for f in files if f.suffix == ".png"]
     for logger in wandb_loggers(trainer):
         for png in pngs:
             try:
-                logger.log_image(key=f"final/{png.stem}", images=[np.asarray(Image.open(png))], step=trainer.global_step)
-            except Exception as error:  # noqa: BLE001
+                logger.log_image(
+                    key=f"final/{png.stem}", images=[np.asarray(Image.open(png))], step=trainer.global_step
+                )
+            except Exception as error:
                 log.warning("Could not log %s to W&B: %s", png.name, error)
 
 
@@ -124,7 +130,11 @@ def finalise(
     """Evaluate, write every output file, log the final numbers and print the summary."""
     problem = problem.to(method.device)
     prediction, source = choose_prediction(method, stopping, status)
-    metrics: dict[str, Any] = {"status": status, "steps": int(trainer.global_step), "seconds": round(seconds, 2)}
+    metrics: dict[str, Any] = {
+        "status": status,
+        "steps": int(trainer.global_step),
+        "seconds": round(seconds, 2),
+    }
     if reason:
         metrics["reason"] = reason
     metrics["reconstruction_source"] = source
@@ -156,13 +166,21 @@ def finalise(
 def print_summary(result: RunResult, problem: InverseProblem) -> None:
     """A short, plain summary on stdout: quality, uncertainty, where the files are."""
     m = result.metrics
-    lines = [f"[dip-lightning] {problem.name}: {result.status} after {m['steps']} steps in {m['seconds']:.1f} s"]
+    lines = [
+        f"[dip-lightning] {problem.name}: {result.status} after {m['steps']} steps in {m['seconds']:.1f} s"
+    ]
     if "psnr" in m:
-        lines.append(f"  reconstruction PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f} ({m['reconstruction_source']})")
+        lines.append(
+            f"  reconstruction PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f} ({m['reconstruction_source']})"
+        )
     if "baseline_psnr" in m:
-        lines.append(f"  baseline (pseudo-inverse) PSNR {m['baseline_psnr']:.2f} dB, SSIM {m['baseline_ssim']:.4f}")
+        lines.append(
+            f"  baseline (pseudo-inverse) PSNR {m['baseline_psnr']:.2f} dB, SSIM {m['baseline_ssim']:.4f}"
+        )
     if "peak_psnr" in m:
-        lines.append(f"  peak PSNR {m['peak_psnr']:.2f} dB at step {m['peak_step']}, EMA peak {m['peak_psnr_ema']:.2f} dB")
+        lines.append(
+            f"  peak PSNR {m['peak_psnr']:.2f} dB at step {m['peak_step']}, EMA peak {m['peak_psnr_ema']:.2f} dB"
+        )
     if "uce" in m:
         lines.append(f"  UCE {m['uce']:.5f} (vs truth), NLL {m['nll']:.3f}")
     if "reason" in m:

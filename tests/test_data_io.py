@@ -558,3 +558,14 @@ def test_phantom_image_uses_phantom_module(monkeypatch):
         PhantomImage(size=4)
     with pytest.raises(ConfigError, match=r"data\.seed"):
         PhantomImage(seed=-1)
+
+
+def test_phantom_image_with_real_module():
+    if importlib.util.find_spec("dip_lightning.data.phantoms") is None:
+        pytest.skip("dip_lightning.data.phantoms is not available")
+    for kind in ("shepp_logan", "ellipses"):
+        loaded = PhantomImage(kind, size=32, seed=1).load()
+        assert loaded.image.shape == (1, 32, 32)
+        assert loaded.image.dtype == torch.float32
+        assert float(loaded.image.min()) >= 0.0 and float(loaded.image.max()) <= 1.0
+        assert float(loaded.image.std()) > 0.0

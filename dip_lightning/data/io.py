@@ -25,8 +25,7 @@ from dip_lightning.errors import ConfigError, InputFileError, check_choice
 
 log = logging.getLogger(__name__)
 
-PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-SUPPORTED_SUFFIXES = (*PIL_SUFFIXES, ".npy", ".dcm", ".nii", ".nii.gz")
+SUPPORTED_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy", ".dcm", ".nii", ".nii.gz")
 MIN_SIDE = 8
 NORMALISE_MODES = ("minmax", "dtype", "none", "auto")
 SIZE_POLICIES = ("crop", "pad", "error")
@@ -313,7 +312,7 @@ def _read_nifti(path: Path, slice_index: int | None, slice_axis: int) -> np.ndar
 
 
 _READERS: dict[str, Callable[[Path, int | None, int], np.ndarray]] = {
-    **dict.fromkeys(PIL_SUFFIXES, _read_pillow),
+    **dict.fromkeys((".png", ".jpg", ".jpeg", ".bmp"), _read_pillow),
     ".tif": _read_tiff,
     ".tiff": _read_tiff,
     ".npy": _read_npy,

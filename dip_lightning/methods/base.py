@@ -80,7 +80,9 @@ class DeepImagePrior(pl.LightningModule):
         self.reconstruction = str(check_choice("method.reconstruction", reconstruction, RECONSTRUCTIONS))
         self.log_precision_clamp = check_positive("method.log_precision_clamp", log_precision_clamp)
         self.grad_clip = check_positive("method.grad_clip", grad_clip, allow_zero=True)
-        self.divergence_check_every = int(check_positive("method.divergence_check_every", divergence_check_every))
+        self.divergence_check_every = int(
+            check_positive("method.divergence_check_every", divergence_check_every)
+        )
         check_positive("method.input.perturbation_std", settings["perturbation_std"], allow_zero=True)
         self.seed = seed
         self.problem: InverseProblem | None = None
@@ -271,4 +273,3 @@ class DeepImagePrior(pl.LightningModule):
             "peak_step": int(self.peak_step),
             "peak_psnr_ema": float(self.peak_ema_psnr),
         }
-

@@ -56,7 +56,9 @@ class MCDropoutDIP(DeepImagePrior):
         super().__init__(*args, **kwargs)
         self.dropout_p = float(check_in_range("method.dropout_p", dropout_p, 0.0, 1.0))
         self.dropout_placement = dropout_placement
-        self.weight_init_std = float(check_positive("method.weight_init_std", weight_init_std, allow_zero=True))
+        self.weight_init_std = float(
+            check_positive("method.weight_init_std", weight_init_std, allow_zero=True)
+        )
 
     def network_kwargs(self) -> dict[str, Any]:
         return {

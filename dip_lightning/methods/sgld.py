@@ -51,7 +51,9 @@ class SGLDDIP(DeepImagePrior):
         kwargs.setdefault("reconstruction", "predictive_mean")
         super().__init__(*args, **kwargs)
         self.noise_scale = float(check_positive("method.noise_scale", noise_scale, allow_zero=True))
-        self.noisy_parameters = str(check_choice("method.noisy_parameters", noisy_parameters, NOISY_PARAMETERS))
+        self.noisy_parameters = str(
+            check_choice("method.noisy_parameters", noisy_parameters, NOISY_PARAMETERS)
+        )
         self.burn_in = int(check_positive("method.burn_in", burn_in, allow_zero=True))
         self.sample_every = int(check_positive("method.sample_every", sample_every))
         self.samples = RunningMoments()

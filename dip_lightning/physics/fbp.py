@@ -154,7 +154,10 @@ def fbp(
         raise ValueError("fbp: the operator was built for a different geometry")
     expected = geometry.sinogram_shape
     if sinogram.dim() != 4 or tuple(sinogram.shape[-2:]) != expected:
-        raise ValueError(f"fbp expects sinograms of shape (B, C, {expected[0]}, {expected[1]}), got {tuple(sinogram.shape)}")
+        raise ValueError(
+            f"fbp expects sinograms of shape (B, C, {expected[0]}, {expected[1]}), "
+            f"got {tuple(sinogram.shape)}"
+        )
     if geometry.beam == "parallel":
         filtered = filter_sinogram(sinogram, geometry.detector_spacing, filter, frequency_scaling)
         scale = _angular_weight(geometry) * geometry.detector_spacing / geometry.pixel_size**2

@@ -3,8 +3,10 @@
 The matrix comes from an astra-toolbox CPU projector, so no GPU is needed to build it, and it is
 cached on disk because building it is the slowest step. Applying a stored matrix makes the adjoint
 the exact transpose, which the dot-product test, the autograd gradients and the FBP all rely on.
-On CPU a scipy CSR product is used (several times faster than torch's sparse CPU kernels); on a
-GPU the same matrix is moved once per device into a torch sparse CSR tensor.
+On CPU a single image goes through scipy's CSR matrix-vector product (faster than torch's) and a
+batch through torch's sparse CSR kernels with 32-bit indices (faster than scipy's multi-vector
+product, see benchmarks/ray_transform_speed.py); on a GPU the matrix is moved once per device into
+a torch sparse CSR tensor.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from dip_lightning.physics.base import ForwardOperator
 BEAMS = ("parallel", "fan")
 PROJECTORS = {"parallel": ("linear", "line", "strip"), "fan": ("line_fanflat", "strip_fanflat")}
 DEFAULT_PROJECTOR = {"parallel": "linear", "fan": "line_fanflat"}
-CPU_BACKENDS = ("scipy", "torch")
+CPU_BACKENDS = ("auto", "scipy", "torch")
 CACHE_ENV_VAR = "DIP_LIGHTNING_CACHE"
 # Bumped whenever the meaning of a cached matrix changes, so stale files are never reused.
 _CACHE_FORMAT = 1
@@ -266,7 +268,9 @@ def _load_cached(path: Path, geometry: CTGeometry) -> sp.csr_matrix | None:
         matrix.check_format(full_check=False)
         return matrix
     except Exception as err:  # any damage to the file means: build it again
-        warnings.warn(f"Ignoring corrupt ray-transform cache file {path} ({err}); rebuilding it.", stacklevel=3)
+        warnings.warn(
+            f"Ignoring corrupt ray-transform cache file {path} ({err}); rebuilding it.", stacklevel=3
+        )
         return None
 
 
@@ -310,6 +314,9 @@ def build_system_matrix(geometry: CTGeometry, cache_dir: Path | str | None = Non
 _PARTNER = {"A": "AT", "AT": "A", "A2": "A2T", "A2T": "A2", "FBP": "FBPT", "FBPT": "FBP"}
 
 
+_METHOD_NAMES = {"A": "forward", "AT": "adjoint", "A2": "propagate_variance"}
+
+
 class _SparseProduct(torch.autograd.Function):
     """y = M x for a fixed sparse M, with backward M^T g (itself differentiable the same way)."""
 
@@ -333,8 +340,8 @@ class RayTransform(ForwardOperator):
     The matrices are plain attributes, not buffers: they never enter the state_dict (checkpoints
     stay small) and are rebuilt from the disk cache. ``.to(device)`` is not needed; each call runs
     on the device of its input, with the GPU copy of a matrix made once per device and dtype.
-    ``cpu_backend='torch'`` uses torch's sparse CSR kernels on CPU instead of scipy (a reference
-    for benchmarks; slower).
+    ``cpu_backend`` picks the CPU kernel: 'auto' (scipy for one image, torch for a batch, the
+    faster of the two in each case), or always 'scipy' or always 'torch'.
     """
 
     _FBP_FILTERS: ClassVar[tuple[str, ...]] = ("ram-lak", "shepp-logan", "cosine", "hann")
@@ -355,11 +362,13 @@ class RayTransform(ForwardOperator):
         pixel_size: float = 1.0,
         fbp_filter: str = "ram-lak",
         fbp_frequency_scaling: float = 1.0,
-        cpu_backend: str = "scipy",
+        cpu_backend: str = "auto",
     ) -> None:
         super().__init__()
         if image_shape is None:
-            raise ConfigError("operator.image_shape", None, "must be given as (H, W) when the operator is built")
+            raise ConfigError(
+                "operator.image_shape", None, "must be given as (H, W) when the operator is built"
+            )
         geometry = CTGeometry(
             image_size=image_shape,
             num_angles=num_angles,
@@ -382,7 +391,7 @@ class RayTransform(ForwardOperator):
         *,
         fbp_filter: str = "ram-lak",
         fbp_frequency_scaling: float = 1.0,
-        cpu_backend: str = "scipy",
+        cpu_backend: str = "auto",
     ) -> RayTransform:
         """Build the operator of an existing (already validated) geometry."""
         operator = cls.__new__(cls)
@@ -450,22 +459,30 @@ class RayTransform(ForwardOperator):
         key = (kind, torch.device(device), dtype)
         if key not in self._torch:
             matrix = self.scipy_matrix(kind)
-            self._torch[key] = torch.sparse_csr_tensor(
-                torch.from_numpy(matrix.indptr.astype(np.int64)),
-                torch.from_numpy(matrix.indices.astype(np.int64)),
-                torch.from_numpy(matrix.data),
-                size=matrix.shape,
-                dtype=dtype,
-                device=device,
-            )
+            fits = max(matrix.nnz, *matrix.shape) < np.iinfo(np.int32).max
+            index = np.int32 if fits else np.int64  # MKL and cuSPARSE are faster with 32-bit indices
+            with warnings.catch_warnings():  # torch flags sparse CSR as beta on every construction
+                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+                self._torch[key] = torch.sparse_csr_tensor(
+                    torch.from_numpy(matrix.indptr.astype(index)),
+                    torch.from_numpy(matrix.indices.astype(index)),
+                    torch.from_numpy(matrix.data),
+                    size=matrix.shape,
+                    dtype=dtype,
+                    device=device,
+                    check_invariants=False,  # scipy produced a sorted, valid CSR matrix
+                )
         return self._torch[key]
+
+    def _use_scipy(self, count: int) -> bool:
+        return self.cpu_backend == "scipy" or (self.cpu_backend == "auto" and count == 1)
 
     def _apply_matrix(self, kind: str, columns: Tensor) -> Tensor:
         """Multiply every row of ``columns`` (N, n_in) by the matrix ``kind``; returns (N, n_out)."""
         dtype = columns.dtype
         work_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
         data = columns.detach().to(work_dtype)
-        if data.device.type == "cpu" and self.cpu_backend == "scipy":
+        if data.device.type == "cpu" and self._use_scipy(data.shape[0]):
             matrix = self.scipy_matrix(kind, np.float64 if work_dtype == torch.float64 else np.float32)
             array = data.numpy()
             if array.shape[0] == 1:
@@ -481,15 +498,17 @@ class RayTransform(ForwardOperator):
     def _columns(self, x: Tensor, trailing: tuple[int, int], what: str) -> Tensor:
         if x.dim() != 4 or tuple(x.shape[-2:]) != trailing:
             raise ValueError(
-                f"{type(self).__name__}.{what} expects a tensor of shape (B, C, {trailing[0]}, {trailing[1]}), "
-                f"got {tuple(x.shape)}"
+                f"{type(self).__name__}.{what} expects a tensor of shape "
+                f"(B, C, {trailing[0]}, {trailing[1]}), got {tuple(x.shape)}"
             )
         if not x.is_floating_point():
             raise TypeError(f"{type(self).__name__}.{what} expects a floating-point tensor, got {x.dtype}")
         return x.reshape(x.shape[0] * x.shape[1], trailing[0] * trailing[1])
 
-    def _product(self, kind: str, x: Tensor, trailing_in: tuple[int, int], trailing_out: tuple[int, int]) -> Tensor:
-        columns = self._columns(x, trailing_in, kind)
+    def _product(
+        self, kind: str, x: Tensor, trailing_in: tuple[int, int], trailing_out: tuple[int, int]
+    ) -> Tensor:
+        columns = self._columns(x, trailing_in, _METHOD_NAMES[kind])
         result = _SparseProduct.apply(columns, self, kind)
         return result.reshape(x.shape[0], x.shape[1], *trailing_out)
 

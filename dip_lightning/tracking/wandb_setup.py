@@ -23,7 +23,7 @@ def has_wandb_key() -> bool:
         from wandb.sdk.lib import apikey
 
         return bool(apikey.api_key())
-    except Exception:  # noqa: BLE001 - any failure here means no usable key
+    except Exception:
         return False
 
 
@@ -49,8 +49,8 @@ def finish_wandb(exit_code: int = 0) -> None:
         import wandb
 
         if wandb.run is not None:
-            wandb.finish(exit_code=exit_code, quiet=True)
-    except Exception as error:  # noqa: BLE001 - W&B trouble must never kill a run
+            wandb.finish(exit_code=exit_code)
+    except Exception as error:
         log.warning("Could not finish the W&B run cleanly: %s", error)
 
 
@@ -60,7 +60,7 @@ def wandb_run_dir() -> str | None:
         import wandb
 
         return None if wandb.run is None else str(wandb.run.dir)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
 
 

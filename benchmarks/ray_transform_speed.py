@@ -1,0 +1,167 @@
+"""Speed of the CT ray transform: matrix build and cache load, forward, adjoint and autograd.
+
+Compares our CPU path (scipy CSR products) with torch's own sparse CSR kernels on CPU, the plain
+PyTorch way of applying the same matrix, and adds CUDA rows when a GPU is present. Every row uses
+the same system matrix, so only the kernels differ. Prints a table and writes it as CSV
+(``benchmarks/results/ray_transform_speed_cpu.csv``; CUDA rows go to ``..._cuda.csv``).
+
+    python benchmarks/ray_transform_speed.py                      # 64, 128, 256 pixels, 60 angles
+    python benchmarks/ray_transform_speed.py --sizes 128 --batches 1 32 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from dip_lightning.physics.ray_transform import (
+    CTGeometry,
+    RayTransform,
+    build_system_matrix,
+    compute_system_matrix,
+)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+COLUMNS = (
+    "size",
+    "angles",
+    "nnz",
+    "build_s",
+    "cache_load_s",
+    "device",
+    "backend",
+    "threads",
+    "batch",
+    "forward_ms",
+    "adjoint_ms",
+    "fwd_bwd_ms",
+    "fwd_bwd_vs_scipy",
+)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(function: Callable[[], object], device: torch.device, budget_s: float = 0.25) -> float:
+    """Median wall time of ``function`` in ms, after a warm-up, repeated for about ``budget_s``."""
+    function()
+    _sync(device)
+    samples: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(samples) < 3 or (time.perf_counter() < deadline and len(samples) < 200):
+        start = time.perf_counter()
+        function()
+        _sync(device)
+        samples.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(samples)
+
+
+def build_times(geometry: CTGeometry) -> tuple[float, float, int]:
+    """Cold build (astra, no cache) and warm load from a fresh cache directory, in seconds."""
+    start = time.perf_counter()
+    matrix = compute_system_matrix(geometry)
+    cold = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as directory:
+        build_system_matrix(geometry, directory)  # writes the file
+        start = time.perf_counter()
+        build_system_matrix(geometry, directory)
+        load = time.perf_counter() - start
+    return cold, load, matrix.nnz
+
+
+def kernel_times(operator: RayTransform, device: torch.device, batch: int) -> dict[str, float]:
+    """Forward, adjoint and forward + backward through autograd for a (batch, 1, H, W) input."""
+    height, width = operator.image_shape
+    x = torch.rand(batch, 1, height, width, device=device)
+    y = operator(x).detach()
+    leaf = x.clone().requires_grad_(True)
+
+    def forward_backward() -> None:
+        leaf.grad = None
+        operator(leaf).square().sum().backward()
+
+    with torch.no_grad():
+        forward = time_ms(lambda: operator(x), device)
+        adjoint = time_ms(lambda: operator.adjoint(y), device)
+    return {"forward_ms": forward, "adjoint_ms": adjoint, "fwd_bwd_ms": time_ms(forward_backward, device)}
+
+
+def run(sizes: list[int], angles: int, batches: list[int], cache_dir: Path) -> list[dict[str, object]]:
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    rows: list[dict[str, object]] = []
+    for size in sizes:
+        geometry = CTGeometry(size, num_angles=angles)
+        cold, load, nnz = build_times(geometry)
+        variants = [("cpu", "scipy"), ("cpu", "torch")] + [("cuda", "torch")] * (len(devices) > 1)
+        for batch in batches:
+            reference = None
+            for device_name, backend in variants:
+                device = torch.device(device_name)
+                operator = RayTransform.from_geometry(geometry, cache_dir, cpu_backend=backend)
+                times = kernel_times(operator, device, batch)
+                if reference is None:
+                    reference = times["fwd_bwd_ms"]
+                rows.append(
+                    {
+                        "size": size,
+                        "angles": angles,
+                        "nnz": nnz,
+                        "build_s": round(cold, 3),
+                        "cache_load_s": round(load, 4),
+                        "device": device_name,
+                        "backend": f"{backend} sparse CSR",
+                        "threads": torch.get_num_threads() if device_name == "cpu" else "",
+                        "batch": batch,
+                        **{key: round(value, 3) for key, value in times.items()},
+                        "fwd_bwd_vs_scipy": round(times["fwd_bwd_ms"] / reference, 2),
+                    }
+                )
+    return rows
+
+
+def print_table(rows: list[dict[str, object]]) -> None:
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in COLUMNS}
+    print("  ".join(c.rjust(widths[c]) for c in COLUMNS))
+    for row in rows:
+        print("  ".join(str(row[c]).rjust(widths[c]) for c in COLUMNS))
+
+
+def write_csv(rows: list[dict[str, object]], path: Path) -> None:
+    if not rows:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--angles", type=int, default=60)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="B in (B, 1, H, W)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--output-dir", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as cache_dir:
+        rows = run(args.sizes, args.angles, args.batches, Path(cache_dir))
+    print_table(rows)
+    write_csv([r for r in rows if r["device"] == "cpu"], args.output_dir / "ray_transform_speed_cpu.csv")
+    write_csv([r for r in rows if r["device"] == "cuda"], args.output_dir / "ray_transform_speed_cuda.csv")
+
+
+if __name__ == "__main__":
+    main()

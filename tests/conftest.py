@@ -1,0 +1,66 @@
+"""Shared fixtures: composing the project's config in-process and running the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
+    """Compose the root config as `launch.py` would, with its run directory set to ``output_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+@pytest.fixture
+def small_config(tmp_path):
+    """Compose the small preset with no logger, writing into tmp_path."""
+
+    def make(*overrides: str) -> DictConfig:
+        return compose_config(["preset=small", "logger=none", *overrides], tmp_path)
+
+    return make
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `python launch.py <args>` with outputs under ``cwd``."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "DIP_LIGHTNING_ROOT": str(cwd),
+            "WANDB_MODE": "offline",
+            "WANDB_SILENT": "true",
+            "OMP_NUM_THREADS": "2",
+            "HYDRA_FULL_ERROR": "0",
+        }
+    )
+    return subprocess.run(
+        [sys.executable, str(ROOT / "launch.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,9 +1,17 @@
 """Speed of the CT ray transform: matrix build and cache load, forward, adjoint and autograd.
 
-Compares our CPU path (scipy CSR products) with torch's own sparse CSR kernels on CPU, the plain
-PyTorch way of applying the same matrix, and adds CUDA rows when a GPU is present. Every row uses
-the same system matrix, so only the kernels differ. Prints a table and writes it as CSV
-(``benchmarks/results/ray_transform_speed_cpu.csv``; CUDA rows go to ``..._cuda.csv``).
+Every row applies the same system matrix, so only the kernels differ:
+
+* ``plain torch``: the plain PyTorch reference, a torch sparse CSR tensor with default (64-bit)
+  indices and torch's own autograd (its backward transposes the matrix on every call);
+* ``scipy``, ``torch``, ``auto``: RayTransform's CPU backends (scipy CSR products; torch CSR with
+  32-bit indices; scipy for one image and torch for a batch, the default), all with the transpose
+  precomputed and used as the exact backward.
+
+CUDA rows (plain torch and RayTransform) are added when a GPU is present. The last column is the
+forward + backward time relative to the plain torch reference on the same device. Prints a table
+and writes it as CSV (``benchmarks/results/ray_transform_speed_cpu.csv``; CUDA rows go to
+``..._cuda.csv``).
 
     python benchmarks/ray_transform_speed.py                      # 64, 128, 256 pixels, 60 angles
     python benchmarks/ray_transform_speed.py --sizes 128 --batches 1 32 --threads 1
@@ -16,10 +24,14 @@ import csv
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+import scipy.sparse as sp
 import torch
+from torch import Tensor
 
 from dip_lightning.physics.ray_transform import (
     CTGeometry,
@@ -42,8 +54,42 @@ COLUMNS = (
     "forward_ms",
     "adjoint_ms",
     "fwd_bwd_ms",
-    "fwd_bwd_vs_scipy",
+    "fwd_bwd_vs_plain",
 )
+
+
+class PlainTorchSparse:
+    """Reference: the matrix as a default torch sparse CSR tensor, differentiated by torch itself."""
+
+    def __init__(self, operator: RayTransform, device: torch.device) -> None:
+        self.image_shape = operator.image_shape
+        self.sinogram_shape = operator.geometry.sinogram_shape
+        self.forward_matrix = self._to_torch(operator.scipy_matrix("A"), device)
+        self.adjoint_matrix = self._to_torch(operator.scipy_matrix("AT"), device)
+
+    @staticmethod
+    def _to_torch(matrix: sp.csr_matrix, device: torch.device) -> Tensor:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            return torch.sparse_csr_tensor(
+                torch.from_numpy(matrix.indptr.astype(np.int64)),
+                torch.from_numpy(matrix.indices.astype(np.int64)),
+                torch.from_numpy(matrix.data),
+                size=matrix.shape,
+                device=device,
+                check_invariants=False,
+            )
+
+    @staticmethod
+    def _apply(matrix: Tensor, x: Tensor, out_shape: tuple[int, int]) -> Tensor:
+        columns = x.reshape(x.shape[0] * x.shape[1], -1).T
+        return (matrix @ columns).T.reshape(x.shape[0], x.shape[1], *out_shape)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self._apply(self.forward_matrix, x, self.sinogram_shape)
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        return self._apply(self.adjoint_matrix, y, self.image_shape)
 
 
 def _sync(device: torch.device) -> None:
@@ -78,7 +124,9 @@ def build_times(geometry: CTGeometry) -> tuple[float, float, int]:
     return cold, load, matrix.nnz
 
 
-def kernel_times(operator: RayTransform, device: torch.device, batch: int) -> dict[str, float]:
+def kernel_times(
+    operator: RayTransform | PlainTorchSparse, device: torch.device, batch: int
+) -> dict[str, float]:
     """Forward, adjoint and forward + backward through autograd for a (batch, 1, H, W) input."""
     height, width = operator.image_shape
     x = torch.rand(batch, 1, height, width, device=device)
@@ -101,15 +149,23 @@ def run(sizes: list[int], angles: int, batches: list[int], cache_dir: Path) -> l
     for size in sizes:
         geometry = CTGeometry(size, num_angles=angles)
         cold, load, nnz = build_times(geometry)
-        variants = [("cpu", "scipy"), ("cpu", "torch")] + [("cuda", "torch")] * (len(devices) > 1)
+        operators = {
+            backend: RayTransform.from_geometry(geometry, cache_dir, cpu_backend=backend)
+            for backend in ("scipy", "torch", "auto")
+        }
+        variants = [("cpu", "plain torch"), ("cpu", "scipy"), ("cpu", "torch"), ("cpu", "auto")]
+        if len(devices) > 1:
+            variants += [("cuda", "plain torch"), ("cuda", "auto")]
         for batch in batches:
-            reference = None
+            reference: dict[str, float] = {}
             for device_name, backend in variants:
                 device = torch.device(device_name)
-                operator = RayTransform.from_geometry(geometry, cache_dir, cpu_backend=backend)
+                if backend == "plain torch":
+                    operator = PlainTorchSparse(operators["auto"], device)
+                else:
+                    operator = operators[backend]
                 times = kernel_times(operator, device, batch)
-                if reference is None:
-                    reference = times["fwd_bwd_ms"]
+                reference.setdefault(device_name, times["fwd_bwd_ms"])
                 rows.append(
                     {
                         "size": size,
@@ -118,11 +174,11 @@ def run(sizes: list[int], angles: int, batches: list[int], cache_dir: Path) -> l
                         "build_s": round(cold, 3),
                         "cache_load_s": round(load, 4),
                         "device": device_name,
-                        "backend": f"{backend} sparse CSR",
+                        "backend": backend if device_name == "cpu" or backend != "auto" else "ours",
                         "threads": torch.get_num_threads() if device_name == "cpu" else "",
                         "batch": batch,
                         **{key: round(value, 3) for key, value in times.items()},
-                        "fwd_bwd_vs_scipy": round(times["fwd_bwd_ms"] / reference, 2),
+                        "fwd_bwd_vs_plain": round(times["fwd_bwd_ms"] / reference[device_name], 2),
                     }
                 )
     return rows

@@ -18,12 +18,12 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from dip_lightning.config import build
 from dip_lightning.data.datamodule import SingleObservationDataModule
 from dip_lightning.data.io import fit_size
-from dip_lightning.errors import ConfigError, DivergenceError
+from dip_lightning.errors import DivergenceError
 from dip_lightning.methods.base import DeepImagePrior
 from dip_lightning.physics.observation import InverseProblem, make_observation
 from dip_lightning.results import RunResult, finalise
@@ -64,24 +64,31 @@ def multirun_group(cfg: DictConfig) -> str | None:
 
 def size_multiple(cfg: DictConfig) -> tuple[int, int]:
     """The image-size multiple and minimum side the configured network needs."""
-    probe = instantiate(cfg.model)(in_channels=1, out_channels=1)
+    probe = build(cfg.model)(in_channels=1, out_channels=1)
     return int(getattr(probe, "size_multiple", 1)), int(getattr(probe, "min_size", 1))
 
 
 def build_problem(cfg: DictConfig) -> InverseProblem:
     """Load the image, fit its size to the network, build the operator and the observation."""
-    loaded = instantiate(cfg.data).load()
+    loaded = build(cfg.data).load()
     multiple, min_size = size_multiple(cfg)
-    image, _ = fit_size(loaded.image, multiple, min_size, policy=cfg.data.get("size_policy", "crop"))
-    operator = instantiate(cfg.operator)(image_shape=tuple(image.shape[-2:]))
-    noise = instantiate(cfg.noise)
+    image, _ = fit_size(
+        loaded.image,
+        multiple,
+        min_size,
+        policy=str(cfg.size_policy),
+        setting="data.path" if cfg.data.get("path") else "data",
+        value=cfg.data.get("path") or loaded.name,
+    )
+    operator = build(cfg.operator)(image_shape=tuple(image.shape[-2:]))
+    noise = build(cfg.noise)
     return make_observation(image, operator, noise, seed=int(cfg.observation_seed), name=loaded.name)
 
 
 def build_method(cfg: DictConfig, problem: InverseProblem) -> DeepImagePrior:
     prior_cfg = cfg.prior.get("image_prior")
-    image_prior = instantiate(prior_cfg) if prior_cfg else None
-    method = instantiate(cfg.method, net=instantiate(cfg.model), image_prior=image_prior)
+    image_prior = build(prior_cfg) if prior_cfg else None
+    method = build(cfg.method, net=build(cfg.model), image_prior=image_prior)
     return method.attach(problem)
 
 
@@ -102,13 +109,13 @@ def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Any]:
 
             loggers.append(WandbLogger(**kwargs))
             continue
-        loggers.append(instantiate(logger_cfg, save_dir=str(output_dir)))
+        loggers.append(build(logger_cfg, save_dir=str(output_dir)))
     return loggers
 
 
 def build_callbacks(cfg: DictConfig) -> tuple[list[pl.Callback], EarlyStopping]:
-    stopping = EarlyStopping(instantiate(cfg.stopping.criterion))
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+    stopping = EarlyStopping(build(cfg.stopping.criterion))
+    callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     return [*callbacks, stopping], stopping
 
 
@@ -141,7 +148,7 @@ def run(cfg: DictConfig) -> float | tuple[float, ...]:
     method = build_method(cfg, problem)
     callbacks, stopping = build_callbacks(cfg)
     loggers = build_loggers(cfg, output_dir)
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    trainer: pl.Trainer = build(cfg.trainer, logger=loggers or False, callbacks=callbacks)
 
     status, reason = STATUS_COMPLETED, ""
     start = time.perf_counter()
@@ -164,9 +171,3 @@ def run(cfg: DictConfig) -> float | tuple[float, ...]:
     if status == STATUS_INTERRUPTED:
         raise KeyboardInterrupt
     return objective_value(cfg, result)
-
-
-def require(condition: bool, setting: str, value: object, allowed: str) -> None:
-    """Raise ConfigError unless ``condition`` holds."""
-    if not condition:
-        raise ConfigError(setting, value, allowed)

@@ -7,6 +7,7 @@ import math
 import os
 import pickle
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import astra
@@ -24,9 +25,18 @@ from dip_lightning.physics.ray_transform import CTGeometry, RayTransform, build_
 
 
 @pytest.fixture(autouse=True)
-def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep every default-located cache file inside the test session's temporary directory."""
+def _private_cache_one_thread(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Keep default-located cache files in the session's temporary directory; use one CPU thread.
+
+    One thread keeps torch's sparse kernels from waiting on busy cores of a shared CI machine.
+    """
     monkeypatch.setenv(rt.CACHE_ENV_VAR, str(tmp_path_factory.getbasetemp() / "dip_cache"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _psnr(estimate: np.ndarray, truth: np.ndarray) -> float:
@@ -93,8 +103,9 @@ def test_autograd_gradients_are_the_adjoint(beam: str) -> None:
     torch.testing.assert_close(y.grad, operator(image_upstream))
 
 
-def test_gradcheck_and_gradgradcheck_in_float64() -> None:
-    operator = RayTransform(image_shape=(6, 6), num_angles=3, beam="fan")
+@pytest.mark.parametrize("backend", ["scipy", "torch"])
+def test_gradcheck_and_gradgradcheck_in_float64(backend: str) -> None:
+    operator = RayTransform(image_shape=(6, 6), num_angles=3, beam="fan", cpu_backend=backend)
     x = torch.rand(1, 2, 6, 6, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(operator, (x,))
     assert torch.autograd.gradgradcheck(operator, (x,))
@@ -125,13 +136,19 @@ def test_non_contiguous_and_float64_inputs() -> None:
     double = operator(x.double())
     assert double.dtype == torch.float64
     torch.testing.assert_close(double.float(), operator(x), rtol=1e-5, atol=1e-5)
+    single = operator(x[:1, :1].double())  # one image: the scipy path in float64
+    assert single.dtype == torch.float64
+    torch.testing.assert_close(single, double[:1, :1])
     half = operator(x.to(torch.bfloat16))
     assert half.dtype == torch.bfloat16
 
 
 def test_torch_cpu_backend_matches_scipy() -> None:
-    scipy_op = RayTransform(image_shape=(16, 16), num_angles=6)
+    scipy_op = RayTransform(image_shape=(16, 16), num_angles=6, cpu_backend="scipy")
     torch_op = RayTransform(image_shape=(16, 16), num_angles=6, cpu_backend="torch")
+    assert RayTransform(image_shape=(16, 16), num_angles=6).cpu_backend == "auto"
+    # 32-bit indices: the faster MKL / cuSPARSE kernels.
+    assert torch_op.torch_matrix("A", torch.device("cpu"), torch.float32).crow_indices().dtype == torch.int32
     x = torch.rand(3, 1, 16, 16, requires_grad=True)
     torch.testing.assert_close(torch_op(x), scipy_op(x))
     y = torch.rand(3, 1, *scipy_op.geometry.sinogram_shape)
@@ -207,6 +224,9 @@ def test_geometry_defaults() -> None:
     # The fan must cover the projected image circle: wider than the parallel detector times M.
     assert fan.detector_count > parallel.detector_count * 1.5
     assert CTGeometry(64) == CTGeometry((64, 64), angular_range=math.pi, detector_count=91)
+    # Integer-valued settings from a config file give the same geometry and the same cache file.
+    same = CTGeometry([64, 64], num_angles=np.int64(60), detector_spacing=1, pixel_size=1)
+    assert same == parallel and same.cache_key() == parallel.cache_key()
 
 
 def test_cache_key_is_stable_and_sensitive() -> None:
@@ -242,6 +262,9 @@ def test_cache_key_is_stable_and_sensitive() -> None:
         ({"angular_range": 7.0}, "operator.angular_range", "2\\*pi"),
         ({"detector_spacing": 0.0}, "operator.detector_spacing", "> 0"),
         ({"pixel_size": -1.0}, "operator.pixel_size", "> 0"),
+        ({"pixel_size": float("inf")}, "operator.pixel_size", "finite"),
+        ({"detector_spacing": "wide"}, "operator.detector_spacing", "number"),
+        ({"angular_range": float("nan")}, "operator.angular_range", "finite"),
     ],
 )
 def test_invalid_geometry_rejected(kwargs: dict, setting: str, text: str) -> None:
@@ -516,3 +539,19 @@ def test_poisson_log_noise_rejects_non_finite_sinogram() -> None:
 
 def test_environment_is_untouched_outside_tests() -> None:
     assert os.environ[rt.CACHE_ENV_VAR].endswith("dip_cache")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu() -> None:
+    operator = RayTransform(image_shape=(32, 32), num_angles=20, beam="fan")
+    x = torch.rand(3, 1, 32, 32)
+    y = operator(x)
+    x_cuda = x.cuda().requires_grad_(True)
+    y_cuda = operator(x_cuda)
+    assert y_cuda.device.type == "cuda"
+    torch.testing.assert_close(y_cuda.cpu(), y, rtol=1e-4, atol=1e-4)
+    y_cuda.square().sum().backward()
+    torch.testing.assert_close(x_cuda.grad.cpu(), operator.adjoint(2 * y), rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(
+        operator.pseudo_inverse(y.cuda()).cpu(), operator.pseudo_inverse(y), rtol=1e-3, atol=1e-3
+    )

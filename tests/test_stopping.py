@@ -549,3 +549,35 @@ def test_callback_in_a_lightning_trainer() -> None:
     # The step numbers are those the module saw in training_step.
     assert torch.equal(callback.criterion.detected_image, images[detected])
     assert trainer.global_step == callback.stop_step + 1
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_updates_between_checks_stay_on_the_device(name: str, device: str) -> None:
+    """On CUDA, any host sync outside the check steps raises; results match a CPU run."""
+    images = noisy_sequence(steps=200)
+    misfits = [torch.tensor(1.0 / (1 + t / 5)) for t in range(200)]  # bound met at step 52
+    psnrs = [torch.tensor(20.0 + 10 * math.sin(t / 30)) for t in range(200)]
+    reference = FACTORIES[name]()
+    run(reference, images, misfit=misfits, psnr=psnrs)
+
+    on_device = FACTORIES[name]()
+    target = torch.device(device)
+    moved = images.to(target)
+    misfits_on = [m.to(target) for m in misfits]
+    psnrs_on = [p.to(target) for p in psnrs]
+    for t in range(200):
+        may_sync = (t + 1) % on_device.check_every == 0
+        if target.type == "cuda":
+            torch.cuda.set_sync_debug_mode(0 if may_sync else "error")
+        try:
+            on_device.update(t, moved[t], misfit=misfits_on[t], psnr=psnrs_on[t])
+        finally:
+            if target.type == "cuda":
+                torch.cuda.set_sync_debug_mode(0)
+    assert on_device.detected_step == reference.detected_step
+    assert on_device.detected_image.device.type == target.type
+    assert torch.equal(on_device.detected_image.cpu(), reference.detected_image)

@@ -529,7 +529,7 @@ def fit_size(
     Returns the image and the padding (left, right, top, bottom) that was added, all zero unless
     ``policy="pad"``; :func:`unpad` removes it from a result of the same size.
     """
-    check_choice("data.size_policy", policy, SIZE_POLICIES)
+    check_choice("size_policy", policy, SIZE_POLICIES)
     if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
         raise ConfigError("multiple", multiple, "must be a positive integer")
     height, width = (int(s) for s in image.shape[-2:])
@@ -549,10 +549,10 @@ def fit_size(
         return image, (0, 0, 0, 0)
     if policy == "error":
         raise ConfigError(
-            "data.size_policy",
+            "size_policy",
             policy,
             f"image is {height}x{width} but both sides must be multiples of {multiple}; "
-            "use data.size_policy=crop or pad, or set data.size",
+            "use size_policy=crop or pad, or set data.size",
         )
     if policy == "crop":
         new_size = (height // multiple * multiple, width // multiple * multiple)

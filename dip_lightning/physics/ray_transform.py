@@ -19,7 +19,7 @@ import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import astra
 import numpy as np
@@ -29,6 +29,8 @@ from torch import Tensor
 
 from dip_lightning.errors import ConfigError, check_choice, check_positive
 from dip_lightning.physics.base import ForwardOperator
+from dip_lightning.physics.fbp import FILTERS as FBP_FILTERS
+from dip_lightning.physics.fbp import fbp, weighted_backprojection_matrix
 
 BEAMS = ("parallel", "fan")
 PROJECTORS = {"parallel": ("linear", "line", "strip"), "fan": ("line_fanflat", "strip_fanflat")}
@@ -61,6 +63,22 @@ def _as_shape(image_size: Any) -> tuple[int, int]:
     return shape  # type: ignore[return-value]
 
 
+def _as_number(setting: str, value: Any) -> Any:
+    """Floats stay floats (1 and 1.0 give the same cache key); None passes; other types fail."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise ConfigError(setting, value, "must be a number")
+    if not math.isfinite(value):
+        raise ConfigError(setting, value, "must be a finite number")
+    return float(value)
+
+
+def _as_count(setting: str, value: Any) -> Any:
+    """Integers (also numpy ones) become int; anything else is left for ``validate`` to reject."""
+    return int(value) if isinstance(value, np.integer) else value
+
+
 @dataclass(frozen=True)
 class CTGeometry:
     """Acquisition geometry of a 2D parallel- or fan-beam (flat detector) CT scan.
@@ -87,6 +105,10 @@ class CTGeometry:
     def __post_init__(self) -> None:
         set_field = object.__setattr__
         set_field(self, "image_size", _as_shape(self.image_size))
+        for name in ("angular_range", "detector_spacing", "source_origin", "origin_detector", "pixel_size"):
+            set_field(self, name, _as_number(f"operator.{name}", getattr(self, name)))
+        for name in ("num_angles", "detector_count"):
+            set_field(self, name, _as_count(f"operator.{name}", getattr(self, name)))
         check_choice("operator.beam", self.beam, BEAMS)
         check_positive("operator.pixel_size", self.pixel_size)
         check_positive("operator.detector_spacing", self.detector_spacing)
@@ -314,6 +336,8 @@ def build_system_matrix(geometry: CTGeometry, cache_dir: Path | str | None = Non
 _PARTNER = {"A": "AT", "AT": "A", "A2": "A2T", "A2T": "A2", "FBP": "FBPT", "FBPT": "FBP"}
 
 
+# Below this many multiply-adds the 'auto' CPU backend stays with scipy.
+_TORCH_MIN_WORK = 1 << 20
 _METHOD_NAMES = {"A": "forward", "AT": "adjoint", "A2": "propagate_variance"}
 
 
@@ -340,11 +364,9 @@ class RayTransform(ForwardOperator):
     The matrices are plain attributes, not buffers: they never enter the state_dict (checkpoints
     stay small) and are rebuilt from the disk cache. ``.to(device)`` is not needed; each call runs
     on the device of its input, with the GPU copy of a matrix made once per device and dtype.
-    ``cpu_backend`` picks the CPU kernel: 'auto' (scipy for one image, torch for a batch, the
-    faster of the two in each case), or always 'scipy' or always 'torch'.
+    ``cpu_backend`` picks the CPU kernel: 'auto' (scipy for one image or a small product, torch for
+    a larger batch: the faster of the two in each case), or always 'scipy' or always 'torch'.
     """
-
-    _FBP_FILTERS: ClassVar[tuple[str, ...]] = ("ram-lak", "shepp-logan", "cosine", "hann")
 
     def __init__(
         self,
@@ -407,7 +429,7 @@ class RayTransform(ForwardOperator):
         fbp_frequency_scaling: float,
         cpu_backend: str,
     ) -> None:
-        check_choice("operator.fbp_filter", fbp_filter, self._FBP_FILTERS)
+        check_choice("operator.fbp_filter", fbp_filter, FBP_FILTERS)
         check_positive("operator.fbp_frequency_scaling", fbp_frequency_scaling)
         if fbp_frequency_scaling > 1.0:
             raise ConfigError("operator.fbp_frequency_scaling", fbp_frequency_scaling, "must lie in (0, 1]")
@@ -449,8 +471,6 @@ class RayTransform(ForwardOperator):
             squared.data = squared.data * squared.data
             return squared
         if kind == "FBP":
-            from dip_lightning.physics.fbp import weighted_backprojection_matrix
-
             return weighted_backprojection_matrix(self.matrix, self.geometry)
         raise KeyError(kind)
 
@@ -475,7 +495,10 @@ class RayTransform(ForwardOperator):
         return self._torch[key]
 
     def _use_scipy(self, count: int) -> bool:
-        return self.cpu_backend == "scipy" or (self.cpu_backend == "auto" and count == 1)
+        if self.cpu_backend != "auto":
+            return self.cpu_backend == "scipy"
+        # Threaded torch kernels pay a start-up cost per call that only large products amortise.
+        return count == 1 or self.matrix.nnz * count < _TORCH_MIN_WORK
 
     def _apply_matrix(self, kind: str, columns: Tensor) -> Tensor:
         """Multiply every row of ``columns`` (N, n_in) by the matrix ``kind``; returns (N, n_out)."""
@@ -526,8 +549,6 @@ class RayTransform(ForwardOperator):
 
     def pseudo_inverse(self, y: Tensor) -> Tensor:
         """Filtered back-projection with this operator's filter settings."""
-        from dip_lightning.physics.fbp import fbp
-
         return fbp(
             y,
             self.geometry,

@@ -260,14 +260,14 @@ class StoppingCriterion(ABC):
 
     def _record(self, step: int, score: Tensor) -> None:
         self._pending_steps.append(step)
-        self._pending_scores.append(score.detach().to(torch.float64, copy=True))
+        self._pending_scores.append(score.detach().clone())
         if len(self._pending_scores) >= _HISTORY_FLUSH:
             self._flush_history()
 
     def _flush_history(self) -> None:
         if not self._pending_scores:
             return
-        values = torch.stack([s.cpu() for s in self._pending_scores]).tolist()
+        values = torch.stack(self._pending_scores).cpu().tolist()  # one transfer for the batch
         self._history.extend(zip(self._pending_steps, values))
         self._pending_steps, self._pending_scores = [], []
 

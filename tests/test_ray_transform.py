@@ -157,6 +157,16 @@ def test_torch_cpu_backend_matches_scipy() -> None:
     torch.testing.assert_close(x.grad, scipy_op.adjoint(torch.ones_like(y)))
 
 
+def test_auto_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    operator = RayTransform(image_shape=(16, 16), num_angles=6)
+    assert operator._use_scipy(1) and operator._use_scipy(4)  # one image, or a tiny product
+    x = torch.rand(4, 1, 16, 16)
+    small = operator(x)
+    monkeypatch.setattr(rt, "_TORCH_MIN_WORK", 0)
+    assert operator._use_scipy(1) and not operator._use_scipy(2)
+    torch.testing.assert_close(operator(x), small)
+
+
 def test_propagate_variance_exact_and_monte_carlo() -> None:
     operator = RayTransform(image_shape=(12, 12), num_angles=5)
     generator = torch.Generator().manual_seed(11)

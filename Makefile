@@ -25,6 +25,7 @@ demo: env
 lint: env
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint docker/Dockerfile
 
 test: lint
 	$(BIN)/python -m pytest -q

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from omegaconf import DictConfig, open_dict
 
 from dip_lightning.errors import DipError
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def build(node: Any, *args: Any, **kwargs: Any) -> Any:
@@ -25,3 +32,21 @@ def build(node: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(cause, DipError):
             raise cause from None
         raise
+
+
+def compose_config(overrides: list[str], output_dir: str | Path) -> DictConfig:
+    """Compose the root config as ``launch.py`` would, outside a Hydra app, with its run directory.
+
+    For tests, benchmarks and notebooks: interpolations such as ``${hydra:runtime.choices.task}``
+    resolve because the Hydra config is registered, and results go to ``output_dir``.
+    """
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg

@@ -44,6 +44,7 @@ def quiet_third_party_logs() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*Starting from v1.9.0, `tensorboardX`.*")
     warnings.filterwarnings("ignore", message=".*The number of training batches.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 def output_directory(cfg: DictConfig) -> Path:

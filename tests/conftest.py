@@ -9,29 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
+
+from dip_lightning.config import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
-
-
-def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
-    """Compose the root config as `launch.py` would, with its run directory set to ``output_dir``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
 
 
 @pytest.fixture

@@ -24,7 +24,13 @@ import torch
 from dip_lightning.config import build, compose_config
 from dip_lightning.data.datamodule import SingleObservationDataModule
 from dip_lightning.metrics.image import fast_psnr
-from dip_lightning.run import build_callbacks, build_loggers, build_method, build_problem, quiet_third_party_logs
+from dip_lightning.run import (
+    build_callbacks,
+    build_loggers,
+    build_method,
+    build_problem,
+    quiet_third_party_logs,
+)
 from dip_lightning.tracking.wandb_setup import finish_wandb
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -88,7 +94,9 @@ def plain_loop(overrides: list[str], steps: int, warmup: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=20)
@@ -100,7 +108,12 @@ def main() -> None:
     args = parser.parse_args()
     quiet_third_party_logs()
     torch.set_num_threads(args.threads)
-    overrides = [f"task={args.task}", f"logger={args.logger}", f"model={args.model}", f"data.size={args.size}"]
+    overrides = [
+        f"task={args.task}",
+        f"logger={args.logger}",
+        f"model={args.model}",
+        f"data.size={args.size}",
+    ]
     plain, platform = [], []
     for _ in range(args.repeats):
         plain.append(plain_loop(overrides, args.steps, args.warmup))
@@ -110,7 +123,9 @@ def main() -> None:
         (f"platform (Lightning, logger={args.logger})", statistics.median(platform), platform),
     ]
     ratio = rows[1][1] / rows[0][1]
-    print(f"\n{args.task}, {args.model}, {args.size}x{args.size}, {args.steps} steps, {args.threads} threads, CPU\n")
+    print(
+        f"\n{args.task}, {args.model}, {args.size}x{args.size}, {args.steps} steps, {args.threads} threads, CPU\n"
+    )
     print("| loop | median ms/step | runs (ms/step) |")
     print("|---|---|---|")
     for name, median, runs in rows:
@@ -120,7 +135,9 @@ def main() -> None:
     with open(RESULTS / "loop_overhead_cpu.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["size", "model", "logger", "plain_ms", "platform_ms", "ratio"])
-        writer.writerow([args.size, args.model, args.logger, f"{rows[0][1]:.2f}", f"{rows[1][1]:.2f}", f"{ratio:.4f}"])
+        writer.writerow(
+            [args.size, args.model, args.logger, f"{rows[0][1]:.2f}", f"{rows[1][1]:.2f}", f"{ratio:.4f}"]
+        )
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """Command-line entry point: `python launch.py task=<task> method=<method> [overrides]`.
 
-Returns the configured objective to Hydra so that sweepers (Optuna) can optimise it. Errors a
-user can fix (a bad setting, an unreadable file) are printed as one paragraph with exit status 2.
+Returns the configured objective to Hydra so that sweepers (Optuna) can optimise it. In a single
+run, errors a user can fix (a bad setting, an unreadable file) are printed as one paragraph with
+exit status 2. In a multirun (`-m`), a failed trial is recorded in its metrics.json (status
+"failed") and scores the finite penalty, so the other trials of the sweep still run.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 import hydra
@@ -15,15 +18,25 @@ from dip_lightning.errors import DipError
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> float | tuple[float, ...]:
-    from dip_lightning.run import run
+def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
+    from dip_lightning.sweeps.trial import run_trial
 
     try:
-        return run(cfg)
+        return run_trial(cfg)
     except DipError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(2)
 
 
+def is_helper_rank() -> bool:
+    """True in a data-parallel process other than global rank zero (started by Lightning or torchrun)."""
+    return any(
+        int(os.environ.get(name) or 0) > 0 for name in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID")
+    )
+
+
 if __name__ == "__main__":
+    if is_helper_rank():
+        # Hydra would write this process's log file into rank zero's run directory; log to stdout.
+        sys.argv.append("hydra/job_logging=stdout")
     main()

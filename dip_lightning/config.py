@@ -34,15 +34,16 @@ def build(node: Any, *args: Any, **kwargs: Any) -> Any:
         raise
 
 
-def compose_config(overrides: list[str], output_dir: str | Path) -> DictConfig:
+def compose_config(overrides: list[str], output_dir: str | Path, config_name: str = "config") -> DictConfig:
     """Compose the root config as ``launch.py`` would, outside a Hydra app, with its run directory.
 
     For tests, benchmarks and notebooks: interpolations such as ``${hydra:runtime.choices.task}``
     resolve because the Hydra config is registered, and results go to ``output_dir``.
+    ``config_name="pretrain"`` composes the educated-DIP pretraining config instead.
     """
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(output_dir)
         cfg.hydra.job.num = 0

@@ -58,6 +58,29 @@ def choose_prediction(method: DeepImagePrior, stopping: EarlyStopping, status: s
     return prediction, method.reconstruction
 
 
+def detection_metrics(
+    stopping: EarlyStopping, problem: InverseProblem, peak: dict[str, Any]
+) -> dict[str, float]:
+    """Quality of the raw output at the criterion's detected step, and how far below the peak it is.
+
+    The method's peak tracks the raw output (not the EMA) under the same step numbers, so
+    ``detection_gap = peak_psnr - detected_psnr`` is >= 0 and 0 for the oracle. For ``fixed`` the
+    detected output is the last one, so the gap is what running to the end costs.
+    """
+    image = stopping.criterion.detected_image
+    truth = problem.ground_truth
+    if image is None or truth is None:
+        return {}
+    image = image.to(truth)
+    metrics = {
+        "detected_psnr": float(psnr(image, truth).mean()),
+        "detected_ssim": float(ssim(image, truth).mean()),
+    }
+    if "peak_psnr" in peak:
+        metrics["detection_gap"] = peak["peak_psnr"] - metrics["detected_psnr"]
+    return metrics
+
+
 def baseline_metrics(problem: InverseProblem) -> tuple[torch.Tensor, dict[str, float]]:
     """The classical reconstruction (pseudo-inverse: noisy image, bicubic, FBP) and its quality."""
     baseline = problem.operator.pseudo_inverse(problem.observation).detach()
@@ -67,6 +90,15 @@ def baseline_metrics(problem: InverseProblem) -> tuple[torch.Tensor, dict[str, f
     return baseline, {
         "baseline_psnr": float(psnr(clipped, problem.ground_truth).mean()),
         "baseline_ssim": float(ssim(clipped, problem.ground_truth).mean()),
+    }
+
+
+def intensity_transform_record(problem: InverseProblem) -> dict[str, Any]:
+    """The raw -> [0, 1] map of the input image, so results can be read in the original units."""
+    return {
+        **problem.intensity_transform,
+        "inverse": "raw = unit * scale + offset",
+        "applies_to": ["reconstruction.npy", "baseline.npy", "ground_truth.npy"],
     }
 
 
@@ -139,10 +171,12 @@ def finalise(
         metrics["reason"] = reason
     metrics["reconstruction_source"] = source
     metrics.update(evaluate_prediction(prediction, problem))
-    metrics.update(method.peak_summary())
+    peak = method.peak_summary()
+    metrics.update(peak)
     if "peak_psnr" in metrics and "psnr" in metrics:
         metrics["peak_gap"] = metrics["peak_psnr"] - metrics["psnr"]
     metrics.update(stopping.summary())
+    metrics.update(detection_metrics(stopping, problem, peak))
     baseline, base_metrics = baseline_metrics(problem)
     metrics.update(base_metrics)
 
@@ -156,6 +190,8 @@ def finalise(
     files += save_uncertainty(output_dir, prediction, problem.to("cpu"))
     files.append(save_json(output_dir / "curves.json", method.psnr_curves()))
     files.append(save_json(output_dir / "metrics.json", metrics))
+    if problem.intensity_transform is not None:
+        files.append(save_json(output_dir / "transform.json", intensity_transform_record(problem)))
     files.append(save_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True)))
     log_final(trainer, metrics, output_dir, files)
     result = RunResult(status=status, metrics=metrics, output_dir=output_dir, files=files)
@@ -181,6 +217,13 @@ def print_summary(result: RunResult, problem: InverseProblem) -> None:
         lines.append(
             f"  peak PSNR {m['peak_psnr']:.2f} dB at step {m['peak_step']}, EMA peak {m['peak_psnr_ema']:.2f} dB"
         )
+    if m.get("criterion") not in (None, "fixed") and m.get("detected_step") is not None:
+        line = f"  {m['criterion']}: reconstruction from step {m['detected_step']}"
+        if m.get("stopped_early"):
+            line += f", stopped at step {m['stop_step']}"
+        if "detection_gap" in m:
+            line += f"; {m['detected_psnr']:.2f} dB, {m['detection_gap']:.2f} dB below the peak"
+        lines.append(line)
     if "uce" in m:
         lines.append(f"  UCE {m['uce']:.5f} (vs truth), NLL {m['nll']:.3f}")
     if "reason" in m:

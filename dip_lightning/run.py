@@ -25,6 +25,7 @@ from dip_lightning.data.datamodule import SingleObservationDataModule
 from dip_lightning.data.io import fit_size
 from dip_lightning.errors import DivergenceError
 from dip_lightning.methods.base import DeepImagePrior
+from dip_lightning.physics.holdout import hold_out
 from dip_lightning.physics.observation import InverseProblem, make_observation
 from dip_lightning.results import RunResult, finalise
 from dip_lightning.stopping.callback import EarlyStopping
@@ -83,7 +84,15 @@ def build_problem(cfg: DictConfig) -> InverseProblem:
     )
     operator = build(cfg.operator)(image_shape=tuple(image.shape[-2:]))
     noise = build(cfg.noise)
-    return make_observation(image, operator, noise, seed=int(cfg.observation_seed), name=loaded.name)
+    problem = make_observation(
+        image,
+        operator,
+        noise,
+        seed=int(cfg.observation_seed),
+        name=loaded.name,
+        intensity_transform=loaded.transform.to_dict(),
+    )
+    return hold_out(problem, cfg.get("validation_fraction") or 0.0, seed=int(cfg.observation_seed))
 
 
 def build_method(cfg: DictConfig, problem: InverseProblem) -> DeepImagePrior:
@@ -163,6 +172,11 @@ def run(cfg: DictConfig) -> float | tuple[float, ...]:
             raise
         status, reason = STATUS_INTERRUPTED, "interrupted by the user"
     seconds = time.perf_counter() - start
+    if trainer.global_rank != 0:
+        # A data-parallel helper rank only trains: rank zero evaluates, writes the files and logs.
+        if status == STATUS_INTERRUPTED:
+            raise KeyboardInterrupt
+        return objective_value(cfg, RunResult(status=status, metrics={}, output_dir=output_dir))
     try:
         result = finalise(
             method, problem, stopping, trainer, output_dir, cfg, status=status, reason=reason, seconds=seconds

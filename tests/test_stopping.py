@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -13,6 +14,7 @@ import torch
 from torch import Tensor
 
 from dip_lightning.errors import ConfigError
+from dip_lightning.metrics.image import fast_psnr
 from dip_lightning.stopping.callback import (
     NOISE_ESTIMATED,
     NOISE_FROM_CONFIG,
@@ -27,6 +29,7 @@ from dip_lightning.stopping.criteria import (
     StoppingCriterion,
     WindowedMovingVariance,
 )
+from dip_lightning.stopping.monitor import StoppingMonitor
 from dip_lightning.stopping.noise_level import estimate_noise_std, haar_diagonal_detail
 
 torch.set_num_threads(1)
@@ -286,7 +289,7 @@ def test_load_state_dict_rejects_another_criterion() -> None:
 def test_load_state_dict_rejects_another_window() -> None:
     criterion = WindowedMovingVariance(window=5)
     run(criterion, noisy_sequence(steps=8))
-    with pytest.raises(ValueError, match=r"stopping\.window=6"):
+    with pytest.raises(ValueError, match=r"stopping\.criterion\.window=6"):
         WindowedMovingVariance(window=6).load_state_dict(criterion.state_dict())
 
 
@@ -296,25 +299,29 @@ def test_load_state_dict_rejects_another_window() -> None:
 @pytest.mark.parametrize(
     ("make", "setting"),
     [
-        (lambda: WindowedMovingVariance(window=1), "stopping.window"),
-        (lambda: WindowedMovingVariance(window=2.5), "stopping.window"),
-        (lambda: WindowedMovingVariance(window=True), "stopping.window"),
-        (lambda: WindowedMovingVariance(patience=0), "stopping.patience"),
-        (lambda: ExponentialMovingVariance(alpha=0.0), "stopping.alpha"),
-        (lambda: ExponentialMovingVariance(alpha=1.5), "stopping.alpha"),
-        (lambda: ExponentialMovingVariance(alpha=-0.1), "stopping.alpha"),
-        (lambda: ExponentialMovingVariance(alpha=float("nan")), "stopping.alpha"),
-        (lambda: ExponentialMovingVariance(alpha="0.1"), "stopping.alpha"),
-        (lambda: ExponentialMovingVariance(patience=0), "stopping.patience"),
-        (lambda: ExponentialMovingVariance(warmup=-1), "stopping.warmup"),
-        (lambda: DiscrepancyPrinciple(tau=0.9), "stopping.tau"),
-        (lambda: DiscrepancyPrinciple(tau=float("nan")), "stopping.tau"),
-        (lambda: DiscrepancyPrinciple(tau=float("inf")), "stopping.tau"),
-        (lambda: DiscrepancyPrinciple(noise_std=0.0), "stopping.noise_std"),
-        (lambda: DiscrepancyPrinciple(noise_std=-0.1), "stopping.noise_std"),
-        (lambda: Oracle(patience=0), "stopping.patience"),
-        (lambda: FixedSteps(check_every=0), "stopping.check_every"),
-        (lambda: FixedSteps(history_every=0), "stopping.history_every"),
+        (lambda: WindowedMovingVariance(window=1), "stopping.criterion.window"),
+        (lambda: WindowedMovingVariance(window=2.5), "stopping.criterion.window"),
+        (lambda: WindowedMovingVariance(window=True), "stopping.criterion.window"),
+        (lambda: WindowedMovingVariance(patience=0), "stopping.criterion.patience"),
+        (lambda: ExponentialMovingVariance(alpha=0.0), "stopping.criterion.alpha"),
+        (lambda: ExponentialMovingVariance(alpha=1.5), "stopping.criterion.alpha"),
+        (lambda: ExponentialMovingVariance(alpha=-0.1), "stopping.criterion.alpha"),
+        (lambda: ExponentialMovingVariance(alpha=float("nan")), "stopping.criterion.alpha"),
+        (lambda: ExponentialMovingVariance(alpha="0.1"), "stopping.criterion.alpha"),
+        (lambda: ExponentialMovingVariance(patience=0), "stopping.criterion.patience"),
+        (lambda: ExponentialMovingVariance(warmup=-1), "stopping.criterion.warmup"),
+        (lambda: DiscrepancyPrinciple(tau=0.9), "stopping.criterion.tau"),
+        (lambda: DiscrepancyPrinciple(tau=float("nan")), "stopping.criterion.tau"),
+        (lambda: DiscrepancyPrinciple(tau=float("inf")), "stopping.criterion.tau"),
+        (lambda: DiscrepancyPrinciple(noise_std=0.0), "stopping.criterion.noise_std"),
+        (lambda: DiscrepancyPrinciple(noise_std=-0.1), "stopping.criterion.noise_std"),
+        (lambda: DiscrepancyPrinciple(noise_std=float("inf")), "stopping.criterion.noise_std"),
+        (lambda: DiscrepancyPrinciple(noise_std=float("nan")), "stopping.criterion.noise_std"),
+        (lambda: DiscrepancyPrinciple(noise_std="guess"), "stopping.criterion.noise_std"),
+        (lambda: DiscrepancyPrinciple(noise_std=True), "stopping.criterion.noise_std"),
+        (lambda: Oracle(patience=0), "stopping.criterion.patience"),
+        (lambda: FixedSteps(check_every=0), "stopping.criterion.check_every"),
+        (lambda: FixedSteps(history_every=0), "stopping.criterion.history_every"),
     ],
 )
 def test_bad_settings_name_the_setting(make: Callable[[], object], setting: str) -> None:
@@ -331,9 +338,9 @@ def test_alpha_one_and_tau_one_are_allowed() -> None:
 
 def test_set_noise_level_rejects_bad_values() -> None:
     criterion = DiscrepancyPrinciple()
-    with pytest.raises(ConfigError, match=r"stopping\.noise_std"):
+    with pytest.raises(ConfigError, match=r"stopping\.criterion\.noise_std"):
         criterion.set_noise_level(0.0, 10)
-    with pytest.raises(ConfigError, match=r"stopping\.noise_std"):
+    with pytest.raises(ConfigError, match=r"stopping\.criterion\.noise_std"):
         criterion.set_noise_level(float("inf"), 10)
     with pytest.raises(ValueError, match="at least one element"):
         criterion.set_noise_level(0.1, 0)
@@ -455,6 +462,13 @@ def test_callback_noise_level_sources() -> None:
     assert estimated.criterion.delta == pytest.approx(estimated.noise_std * 64)
 
 
+def test_callback_estimates_the_noise_level_when_asked_even_if_it_is_known() -> None:
+    callback = EarlyStopping(DiscrepancyPrinciple(noise_std="estimate"))
+    callback.prepare(fake_problem(noise_std=0.5))
+    assert callback.noise_std_source == NOISE_ESTIMATED
+    assert callback.noise_std == pytest.approx(0.1, rel=0.15)  # the observation's, not the 0.5 given
+
+
 def test_callback_counts_complex_elements_twice() -> None:
     callback = EarlyStopping(DiscrepancyPrinciple(noise_std=1.0))
     callback.prepare(fake_problem(observation=torch.zeros(1, 1, 8, 8, dtype=torch.complex64)))
@@ -464,10 +478,10 @@ def test_callback_counts_complex_elements_twice() -> None:
 def test_callback_rejects_unusable_noise_levels() -> None:
     with pytest.raises(ConfigError, match="misfit target would be 0") as info:
         EarlyStopping(DiscrepancyPrinciple()).prepare(fake_problem(noise_std=0.0))
-    assert info.value.setting == "stopping.noise_std"
+    assert info.value.setting == "stopping.criterion.noise_std"
     with pytest.raises(ConfigError, match="cannot be estimated") as info:
         EarlyStopping(DiscrepancyPrinciple()).prepare(fake_problem(observation=torch.ones(1, 1, 1, 50)))
-    assert info.value.setting == "stopping.noise_std"
+    assert info.value.setting == "stopping.criterion.noise_std"
     with pytest.raises(ConfigError, match="misfit target would be 0"):
         EarlyStopping(DiscrepancyPrinciple()).prepare(fake_problem(observation=torch.ones(1, 1, 8, 8)))
 
@@ -496,6 +510,93 @@ def test_callback_stops_the_trainer_and_summarises() -> None:
     restored = EarlyStopping(WindowedMovingVariance(window=10, patience=50, check_every=5))
     restored.load_state_dict(callback.state_dict())
     assert restored.summary() == summary
+
+
+def test_monitor_freezes_each_criterion_where_its_own_run_would_have_stopped(tmp_path) -> None:
+    images = noisy_sequence(steps=500)
+    truth = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))  # the clean image
+    psnrs = [fast_psnr(image, truth) for image in images]
+    peak_step = int(torch.stack(psnrs).argmax())
+    monitor = StoppingMonitor(
+        {
+            "wmv": WindowedMovingVariance(window=10, patience=50, check_every=5),
+            "oracle": Oracle(),
+        },
+        path=tmp_path / "monitor.json",
+    )
+    alone = EarlyStopping(WindowedMovingVariance(window=10, patience=50, check_every=5))
+    trainer = SimpleNamespace(global_step=0, should_stop=False)
+    module = SimpleNamespace(
+        problem=fake_problem(ground_truth=truth),
+        latest_image=None,
+        latest_misfit=None,
+        latest_psnr=None,
+        global_step=0,
+        peak_summary=lambda: {"peak_psnr": float(psnrs[peak_step]), "peak_step": peak_step},
+    )
+    monitor.on_fit_start(trainer, module)  # type: ignore[arg-type]
+    alone_stopped = False
+    for t in range(500):
+        module.latest_image, module.latest_psnr = images[t], psnrs[t]
+        trainer.global_step = module.global_step = t + 1
+        monitor.on_train_batch_end(trainer, module, None, None, 0)  # type: ignore[arg-type]
+        if not alone_stopped:
+            alone_stopped = alone.observe(trainer, module)  # type: ignore[arg-type]
+    monitor.on_fit_end(trainer, module)  # type: ignore[arg-type]
+
+    assert not trainer.should_stop  # the monitor never ends the run
+    saved = json.loads((tmp_path / "monitor.json").read_text())
+    wmv, oracle = saved["criteria"]["wmv"], saved["criteria"]["oracle"]
+    assert alone_stopped and wmv["stopped_early"]
+    # Frozen at its stop: later (noisier, but also later low-variance) outputs were never seen.
+    assert (wmv["detected_step"], wmv["stop_step"]) == (alone.criterion.detected_step, alone.stop_step)
+    assert wmv["stop_step"] < 499
+    assert abs(peak_step - NOISE_MINIMUM) <= 20
+    assert oracle["detected_step"] == peak_step and oracle["detection_gap"] == pytest.approx(0.0, abs=1e-4)
+    expected = float(fast_psnr(images[wmv["detected_step"]], truth))
+    assert wmv["detected_psnr"] == pytest.approx(expected, abs=1e-4)
+    assert wmv["detection_gap"] == pytest.approx(float(psnrs[peak_step]) - expected, abs=1e-4)
+    assert saved["steps"] == 500 and saved["peak_step"] == peak_step
+
+
+def test_monitor_needs_a_criterion() -> None:
+    with pytest.raises(ValueError, match="at least one criterion"):
+        StoppingMonitor({})
+
+
+class RankZeroStrategy:
+    """Stands in for a data-parallel strategy whose rank zero has decided ``decision``."""
+
+    def __init__(self, decision: bool) -> None:
+        self.decision = decision
+        self.calls: list[tuple[bool, int]] = []
+
+    def broadcast(self, value: bool, src: int = 0) -> bool:
+        self.calls.append((value, src))
+        return self.decision
+
+
+@pytest.mark.parametrize("rank_zero_stops", [True, False])
+def test_data_parallel_ranks_follow_rank_zero_at_check_steps_only(rank_zero_stops: bool) -> None:
+    images = noisy_sequence(steps=40)
+    strategy = RankZeroStrategy(rank_zero_stops)
+    # This rank's own criterion would never stop; rank zero decides for it.
+    callback = EarlyStopping(FixedSteps(check_every=5))
+    trainer = SimpleNamespace(global_step=0, should_stop=False, world_size=2, strategy=strategy)
+    module = SimpleNamespace(latest_image=None, latest_misfit=None, latest_psnr=None)
+    for t in range(12):
+        module.latest_image = images[t]
+        trainer.global_step = t + 1
+        callback.on_train_batch_end(trainer, module, None, None, 0)  # type: ignore[arg-type]
+        if trainer.should_stop:
+            break
+    if rank_zero_stops:
+        # The first check comes after 5 updates; no collective call happens before it.
+        assert trainer.should_stop and trainer.global_step == 5
+        assert strategy.calls == [(False, 0)]
+    else:
+        assert not trainer.should_stop
+        assert strategy.calls == [(False, 0), (False, 0)]  # updates 5 and 10 of 12
 
 
 def test_callback_needs_the_latest_image() -> None:

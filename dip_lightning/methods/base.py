@@ -10,6 +10,8 @@ distribution is drawn.
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +20,13 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from dip_lightning.errors import DivergenceError, check_choice, check_in_range, check_positive
+from dip_lightning.errors import (
+    ConfigError,
+    DivergenceError,
+    check_choice,
+    check_in_range,
+    check_positive,
+)
 from dip_lightning.methods.network_input import make_network_input, perturb
 from dip_lightning.methods.prediction import Prediction
 from dip_lightning.metrics.image import fast_psnr
@@ -26,11 +34,40 @@ from dip_lightning.metrics.running import ExponentialMovingAverage
 from dip_lightning.models.layers import per_sample_norm
 from dip_lightning.physics.observation import InverseProblem
 
+log = logging.getLogger(__name__)
+
 LIKELIHOODS = ("mse", "nll")
 RECONSTRUCTIONS = ("ema", "last", "predictive_mean")
+RANK_SEED_STRIDE = 1000
+"""Training-noise seed of rank r is ``seed * RANK_SEED_STRIDE + r``: distinct for up to 1000 ranks."""
 
 NetFactory = Callable[..., nn.Module]
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """Seed of one data-parallel rank's training noise (input perturbation, dropout, weight samples).
+
+    Every rank draws different noise, so that averaging their gradients averages over more Monte
+    Carlo samples, and a run is still reproducible; rank 0 of a data-parallel run draws the same
+    noise as a single-device run with the same seed.
+    """
+    return int(seed) * RANK_SEED_STRIDE + int(rank)
+
+
+def check_optimizer(optimizer: OptimizerFactory) -> None:
+    """Reject a negative learning rate or weight decay before any network is built.
+
+    torch only complains when the optimiser is created, inside ``trainer.fit``, with a message
+    that does not name the setting.
+    """
+    keywords = getattr(optimizer, "keywords", None) if isinstance(optimizer, functools.partial) else None
+    for name in ("lr", "weight_decay"):
+        if keywords and name in keywords and keywords[name] is not None:
+            value = keywords[name]
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise ConfigError(f"method.optimizer.{name}", value, "must be a number >= 0")
+            check_positive(f"method.optimizer.{name}", float(value), allow_zero=True)
 
 
 class DeepImagePrior(pl.LightningModule):
@@ -68,6 +105,7 @@ class DeepImagePrior(pl.LightningModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        check_optimizer(optimizer)
         self.net_factory = net
         self.optimizer_factory = optimizer
         settings = {"kind": "noise", "channels": 32, "scale": 0.1, "perturbation_std": 1.0 / 30.0}
@@ -91,6 +129,7 @@ class DeepImagePrior(pl.LightningModule):
         self.latest_misfit: Tensor | None = None
         self.latest_psnr: Tensor | None = None
         self.ema: ExponentialMovingAverage | None = None
+        self.validation_history: list[dict[str, float]] = []
 
     # ------------------------------------------------------------------ set-up
     @property
@@ -127,12 +166,34 @@ class DeepImagePrior(pl.LightningModule):
         self.ema = ExponentialMovingAverage(self.ema_decay)
         self.psnr_history: list[Tensor] = []
         self.ema_psnr_history: list[Tensor] = []
+        self.validation_history = []
         return self
 
     def on_fit_start(self) -> None:
         if self.problem is None:
             raise RuntimeError("call attach(problem) before fitting")
         self.problem = self.problem.to(self.device)
+        # The network was initialised before fitting from the global seed, identically on every
+        # rank; from here on each rank draws its own training noise.
+        rank, world_size = self.global_rank, self.trainer.world_size
+        noise_seed = rank_seed(self.seed, rank)
+        torch.manual_seed(noise_seed)
+        if world_size > 1:
+            log.info(
+                "data-parallel rank %d of %d: training noise seeded with %d", rank, world_size, noise_seed
+            )
+
+    def on_train_end(self) -> None:
+        world_size = self.trainer.world_size
+        if world_size > 1:
+            # Equal on every rank when the gradients were averaged and the replicas stayed in sync.
+            checksum = sum(float(p.detach().double().sum()) for p in self.parameters())
+            log.info(
+                "data-parallel rank %d of %d: parameter checksum %.12e",
+                self.global_rank,
+                world_size,
+                checksum,
+            )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(params=self.parameters())
@@ -157,11 +218,11 @@ class DeepImagePrior(pl.LightningModule):
         problem = self.problem
         residual = problem.operator(image) - problem.observation
         if log_precision is None:
-            return residual.pow(2).mean()
+            return problem.training_mean(residual.pow(2))
         s = log_precision.clamp(-self.log_precision_clamp, self.log_precision_clamp)
         if s.shape[-2:] != residual.shape[-2:]:
             s = s.mean(dim=(-2, -1), keepdim=True)
-        return (torch.exp(s) * residual.pow(2) - s).mean()
+        return problem.training_mean(torch.exp(s) * residual.pow(2) - s)
 
     def extra_loss(self) -> Tensor | None:
         """Loss terms on the weights (the KL of MFVI); none for plain DIP."""
@@ -215,12 +276,21 @@ class DeepImagePrior(pl.LightningModule):
         self.log("train/psnr", psnr, on_step=True, on_epoch=False)
         self.log("train/psnr_ema", ema_psnr, on_step=True, on_epoch=False)
 
-    def psnr_curves(self) -> dict[str, list[float]]:
-        """PSNR of the output and of its EMA at every step (one host copy at the end)."""
-        curves = {}
+    def psnr_curves(self) -> dict[str, Any]:
+        """The curves of ``curves.json``: PSNR of the output and of its EMA at every step (one host
+        copy at the end) and, under ``validation``, the step and metrics of every evaluation."""
+        curves: dict[str, Any] = {}
         for name, history in (("psnr", self.psnr_history), ("psnr_ema", self.ema_psnr_history)):
             curves[name] = torch.stack(history).cpu().tolist() if history else []
+        curves["validation"] = self.validation_curve()
         return curves
+
+    def validation_curve(self) -> dict[str, list[float | None]]:
+        """The evaluations during training as columns: ``step`` and one list per metric."""
+        names: list[str] = []
+        for entry in self.validation_history:
+            names += [name for name in entry if name not in names]
+        return {name: [entry.get(name) for entry in self.validation_history] for name in names}
 
     # ------------------------------------------------------------------ prediction
     @torch.no_grad()
@@ -258,11 +328,18 @@ class DeepImagePrior(pl.LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def validation_step(self, batch: Any, batch_idx: int) -> None:
+        """Evaluate the predictive distribution (every ``check_val_every_n_epoch`` steps).
+
+        Logged as ``val/*`` at the current step (averaged over ranks in data-parallel runs) and
+        kept in ``validation_history`` for the curves file.
+        """
         from dip_lightning.methods.evaluation import evaluate_prediction
 
         metrics = evaluate_prediction(self.predict_distribution(), self.problem)
+        distributed = self.trainer.world_size > 1
         for name, value in metrics.items():
-            self.log(f"val/{name}", value, on_step=False, on_epoch=True)
+            self.log(f"val/{name}", value, on_step=False, on_epoch=True, sync_dist=distributed)
+        self.validation_history.append({"step": int(self.global_step), **metrics})
 
     def peak_summary(self) -> dict[str, float]:
         """Peak PSNR of the output and of the EMA over the run, with the step of the peak."""

@@ -21,6 +21,7 @@ from torch import Tensor
 from dip_lightning.methods.prediction import Prediction
 from dip_lightning.metrics.image import psnr, ssim
 from dip_lightning.metrics.uncertainty import calibration_curve, gaussian_nll, uce
+from dip_lightning.physics.holdout import heldout_mse
 from dip_lightning.physics.observation import InverseProblem
 
 UCE_BINS = 15
@@ -43,6 +44,8 @@ def evaluate_prediction(prediction: Prediction, problem: InverseProblem) -> dict
     if truth is not None:
         metrics["psnr"] = float(psnr(prediction.mean, truth).mean())
         metrics["ssim"] = float(ssim(prediction.mean, truth).mean())
+    if problem.train_mask is not None:
+        metrics["heldout_mse"] = heldout_mse(problem, prediction.mean)
     if not prediction.has_uncertainty:
         return metrics
     try:

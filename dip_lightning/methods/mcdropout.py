@@ -13,9 +13,10 @@ from typing import Any
 
 from torch import nn
 
-from dip_lightning.errors import check_in_range, check_positive
+from dip_lightning.errors import check_choice, check_in_range, check_positive
 from dip_lightning.methods.base import DeepImagePrior
 from dip_lightning.models.layers import init_normal_
+from dip_lightning.models.skip import DROPOUT_PLACEMENTS
 
 
 @contextmanager
@@ -36,9 +37,10 @@ class MCDropoutDIP(DeepImagePrior):
     """DIP with Dropout2d after the convolutions and a predicted log-precision.
 
     Args:
-        dropout_p: channel dropout rate (0.3 in the original).
-        dropout_placement: where dropout goes (``after_conv``: every conv block except the skip
-            and output convolutions, as in the original).
+        dropout_p: channel dropout rate in [0, 1) (0.3 in the original); 0 gives a deterministic
+            network, hence zero epistemic variance.
+        dropout_placement: where dropout goes (``after_conv``: after every conv block except the
+            skip and output convolutions, as in the original; ``decoder_only``: decoder blocks).
         weight_init_std: conv weights are initialised N(0, std) (0.1 in the original).
     """
 
@@ -55,7 +57,9 @@ class MCDropoutDIP(DeepImagePrior):
         kwargs.setdefault("num_samples", 25)
         super().__init__(*args, **kwargs)
         self.dropout_p = float(check_in_range("method.dropout_p", dropout_p, 0.0, 1.0))
-        self.dropout_placement = dropout_placement
+        self.dropout_placement = str(
+            check_choice("method.dropout_placement", dropout_placement, DROPOUT_PLACEMENTS)
+        )
         self.weight_init_std = float(
             check_positive("method.weight_init_std", weight_init_std, allow_zero=True)
         )

@@ -8,11 +8,12 @@ samples of the predictive distribution are one batched forward pass.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from torch import Tensor
 
-from dip_lightning.errors import check_positive
+from dip_lightning.errors import ConfigError, check_positive
 from dip_lightning.methods.base import DeepImagePrior
 from dip_lightning.models.bayesian import kl_divergence, mean_field_conv_factory
 
@@ -21,9 +22,14 @@ class MeanFieldDIP(DeepImagePrior):
     """DIP with a Gaussian mean-field posterior over all convolution weights and biases.
 
     Args:
-        prior_mu, prior_sigma: the Gaussian weight prior (the ``prior`` config group sets them).
+        prior_mu, prior_sigma: the Gaussian weight prior N(mu, sigma^2), from the ``prior`` config
+            group (``prior.mu``, ``prior.sigma``) so that sweeps and tasks set it in one place.
         kl_weight: beta, the weight of the KL term (1e-6 in the original).
-        mu_init_std, rho_init_mean, rho_init_std: posterior initialisation; std = softplus(rho).
+        mu_init_std, rho_init_mean, rho_init_std: posterior initialisation, mu ~ N(0, 0.1^2) and
+            rho ~ N(-3, 0.1^2) in the original; the posterior std is softplus(rho).
+
+    With ``likelihood=mse`` the network has no log-precision channel and the run reports no
+    aleatoric variance; ``likelihood=nll`` adds the channel and trains it.
     """
 
     def __init__(
@@ -40,13 +46,21 @@ class MeanFieldDIP(DeepImagePrior):
         kwargs.setdefault("reconstruction", "predictive_mean")
         kwargs.setdefault("num_samples", 25)
         super().__init__(*args, **kwargs)
+        if not math.isfinite(prior_mu):
+            raise ConfigError("prior.mu", prior_mu, "must be a finite number")
+        if not (prior_sigma > 0 and math.isfinite(prior_sigma)):
+            raise ConfigError("prior.sigma", prior_sigma, "must be a finite number > 0")
         self.prior_mu = float(prior_mu)
-        self.prior_sigma = float(check_positive("prior.sigma", prior_sigma))
+        self.prior_sigma = float(prior_sigma)
         self.kl_weight = float(check_positive("method.kl_weight", kl_weight, allow_zero=True))
+        check_positive("method.mu_init_std", mu_init_std, allow_zero=True)
+        check_positive("method.rho_init_std", rho_init_std, allow_zero=True)
+        if not math.isfinite(rho_init_mean):
+            raise ConfigError("method.rho_init_mean", rho_init_mean, "must be a finite number")
         self.posterior_init = {
-            "mu_init_std": mu_init_std,
-            "rho_init_mean": rho_init_mean,
-            "rho_init_std": rho_init_std,
+            "mu_init_std": float(mu_init_std),
+            "rho_init_mean": float(rho_init_mean),
+            "rho_init_std": float(rho_init_std),
         }
 
     def network_kwargs(self) -> dict[str, Any]:

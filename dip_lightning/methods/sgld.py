@@ -3,34 +3,60 @@
 Adam with weight decay (the Gaussian weight prior) and, after every optimiser step, Gaussian noise
 of std ``noise_scale * lr`` added to the chosen parameters. After ``burn_in`` steps the output is
 sampled every ``sample_every`` steps; the posterior mean and variance are running moments of the
-samples (Welford updates on the device), never a stored list of images.
+samples (Welford updates on the device, float64), never a stored list of images.
+
+The samples are the image-space network output of the training step (the original code's choice,
+input perturbation included), so super-resolution samples are high-resolution images, not their
+downsampled measurements.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from dip_lightning.errors import check_choice, check_positive
-from dip_lightning.methods.base import DeepImagePrior
+from dip_lightning.methods.base import RANK_SEED_STRIDE, DeepImagePrior
 from dip_lightning.methods.prediction import Prediction
 from dip_lightning.metrics.running import RunningMoments
 
+log = logging.getLogger(__name__)
+
 NOISY_PARAMETERS = ("conv_weights", "all")
+LANGEVIN_SEED_OFFSET = RANK_SEED_STRIDE - 1
+"""The Langevin noise stream is seeded with ``seed * RANK_SEED_STRIDE + LANGEVIN_SEED_OFFSET``."""
 
 
 def langevin_parameters(model: nn.Module, which: str) -> list[nn.Parameter]:
     """The parameters that receive Langevin noise: conv weights (the original) or all of them."""
+    check_choice("method.noisy_parameters", which, NOISY_PARAMETERS)
     if which == "all":
         return [p for p in model.parameters() if p.requires_grad]
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    convs = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
     return [m.weight for m in convs]
+
+
+@torch.no_grad()
+def add_langevin_noise(parameters: list[nn.Parameter], std: float, generator: torch.Generator) -> None:
+    """Add N(0, std^2) noise to every parameter in place, drawn from ``generator``."""
+    if std <= 0:
+        return
+    for parameter in parameters:
+        noise = torch.randn(
+            parameter.shape, generator=generator, device=parameter.device, dtype=parameter.dtype
+        )
+        parameter.add_(noise, alpha=std)
 
 
 class SGLDDIP(DeepImagePrior):
     """DIP whose weights follow Langevin dynamics; the samples give mean and variance.
+
+    The Langevin noise has its own generator, seeded from ``seed`` alone: in a data-parallel run
+    every rank adds the same noise, so the replicas stay identical (their gradients are averaged,
+    the noise is not).
 
     Args:
         noise_scale: the injected noise has std ``noise_scale * lr`` (2 in the original).
@@ -58,31 +84,70 @@ class SGLDDIP(DeepImagePrior):
         self.sample_every = int(check_positive("method.sample_every", sample_every))
         self.samples = RunningMoments()
         self._noisy: list[nn.Parameter] | None = None
+        self._generator: torch.Generator | None = None
+
+    def attach(self, problem):  # type: ignore[override]
+        super().attach(problem)
+        self.samples = RunningMoments()
+        self._noisy = None
+        self._generator = None
+        return self
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        max_steps = self.trainer.max_steps
+        if max_steps is not None and 0 < max_steps <= self.burn_in:
+            log.warning(
+                "method.burn_in=%d is not below trainer.max_steps=%d: no SGLD sample will be drawn, "
+                "so the run reports no uncertainty",
+                self.burn_in,
+                max_steps,
+            )
+
+    def langevin_generator(self, device: torch.device) -> torch.Generator:
+        """The Langevin noise stream on ``device``: the same on every rank."""
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device)
+            self._generator.manual_seed(self.seed * RANK_SEED_STRIDE + LANGEVIN_SEED_OFFSET)
+        return self._generator
+
+    def noise_std(self, optimizer: torch.optim.Optimizer) -> float:
+        """Std of the Langevin noise after a step: ``noise_scale`` times the current learning rate."""
+        return self.noise_scale * float(optimizer.param_groups[0]["lr"])
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:  # type: ignore[override]
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        if self.noise_scale <= 0:
+        std = self.noise_std(optimizer)
+        if std <= 0:
             return
         if self._noisy is None:
             self._noisy = langevin_parameters(self.net, self.noisy_parameters)
-        lr = optimizer.param_groups[0]["lr"]
-        with torch.no_grad():
-            for parameter in self._noisy:
-                parameter.add_(torch.randn_like(parameter), alpha=self.noise_scale * lr)
+        add_langevin_noise(self._noisy, std, self.langevin_generator(self._noisy[0].device))
 
-    def track_output(self, image: torch.Tensor) -> None:
+    def is_sample_step(self, step: int) -> bool:
+        return step >= self.burn_in and (step - self.burn_in) % self.sample_every == 0
+
+    def track_output(self, image: Tensor) -> None:
         super().track_output(image)
-        step = self.global_step
-        if step >= self.burn_in and (step - self.burn_in) % self.sample_every == 0:
+        if self.is_sample_step(self.global_step):
             self.samples.update(image)
 
     @torch.no_grad()
     def predict_distribution(self) -> Prediction:
+        """Mean and variance of the SGLD samples; the current output while fewer than two exist."""
         if self.samples.count < 2:
             return super().predict_distribution()
         _, log_precision = self.sample_outputs(1)
+        dtype = self.net_input.dtype
         return Prediction(
-            mean=self.samples.mean.to(self.net_input.dtype),
-            epistemic=self.samples.variance.to(self.net_input.dtype),
+            mean=self.samples.mean.to(dtype),
+            epistemic=self.samples.variance.to(dtype),
             aleatoric=self.aleatoric_variance(log_precision),
         )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["sgld_samples"] = self.samples.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "sgld_samples" in checkpoint:
+            self.samples.load_state_dict(checkpoint["sgld_samples"])

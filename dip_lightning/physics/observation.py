@@ -35,6 +35,11 @@ class InverseProblem:
         name: a label for logs and file names.
         image_shape: (H, W) of the image to reconstruct.
         channels: C.
+        intensity_transform: the raw -> [0, 1] map of the image's intensities as
+            ``{"offset": o, "scale": s}`` (raw = unit * s + o), saved with the results so that
+            reconstructions can be read in the original units (e.g. Hounsfield units); None if unknown.
+        train_mask: None, or 1 where a measurement element is used for training and 0 where it is
+            held out to score the fit (``validation_fraction``, see :mod:`dip_lightning.physics.holdout`).
     """
 
     operator: ForwardOperator
@@ -44,6 +49,8 @@ class InverseProblem:
     name: str
     image_shape: tuple[int, int]
     channels: int
+    intensity_transform: dict[str, float] | None = None
+    train_mask: Tensor | None = None
 
     @property
     def noise_std(self) -> float | None:
@@ -69,7 +76,15 @@ class InverseProblem:
             operator=self.operator.to(device),
             observation=self.observation.to(device),
             ground_truth=None if self.ground_truth is None else self.ground_truth.to(device),
+            train_mask=None if self.train_mask is None else self.train_mask.to(device),
         )
+
+    def training_mean(self, values: Tensor) -> Tensor:
+        """Mean of per-element loss values over the elements used for training (all without a mask)."""
+        if self.train_mask is None:
+            return values.mean()
+        mask = self.train_mask.to(values.dtype).expand_as(values)
+        return (values * mask).sum() / mask.sum().clamp_min(1)
 
 
 def make_observation(
@@ -78,6 +93,7 @@ def make_observation(
     noise: NoiseModel,
     seed: int,
     name: str = "image",
+    intensity_transform: dict[str, float] | None = None,
 ) -> InverseProblem:
     """Simulate y = noise(A x) for a clean image x; the same seed always gives the same y.
 
@@ -92,6 +108,7 @@ def make_observation(
         noise: the noise model.
         seed: the noise seed.
         name: a label for the problem.
+        intensity_transform: the raw -> [0, 1] intensity map of the image, kept with the problem.
     """
     if image.ndim == 3:
         image = image.unsqueeze(0)
@@ -115,4 +132,5 @@ def make_observation(
         name=name,
         image_shape=image_shape,
         channels=int(image.shape[1]),
+        intensity_transform=intensity_transform,
     )

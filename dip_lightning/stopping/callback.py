@@ -16,12 +16,12 @@ import pytorch_lightning as pl
 from torch import Tensor
 
 from dip_lightning.errors import ConfigError
-from dip_lightning.stopping.criteria import DiscrepancyPrinciple, Oracle, StoppingCriterion
+from dip_lightning.stopping.criteria import ESTIMATE, DiscrepancyPrinciple, Oracle, StoppingCriterion
 from dip_lightning.stopping.noise_level import estimate_noise_std
 
 log = logging.getLogger(__name__)
 
-NOISE_FROM_CONFIG = "config (stopping.noise_std)"
+NOISE_FROM_CONFIG = "config (stopping.criterion.noise_std)"
 NOISE_FROM_PROBLEM = "problem (known noise std)"
 NOISE_ESTIMATED = "estimated from the observation (wavelet MAD)"
 
@@ -66,10 +66,11 @@ class EarlyStopping(pl.Callback):
         sigma, source = self._noise_level(criterion, problem)
         if not sigma > 0:
             raise ConfigError(
-                "stopping.noise_std",
+                "stopping.criterion.noise_std",
                 criterion.noise_std,
-                f"the noise level from the {source} is {sigma}, so the misfit target would be 0; "
-                "set stopping.noise_std > 0 or choose another criterion",
+                f"the noise level from the {source} is {sigma}, so the misfit target would be 0 "
+                "(a noise-free simulation has nothing to stop at); set stopping.criterion.noise_std > 0, "
+                "simulate noise (e.g. noise=gaussian) or choose another criterion",
             )
         criterion.set_noise_level(sigma, _real_element_count(observation))
         self.noise_std, self.noise_std_source = sigma, source
@@ -84,16 +85,18 @@ class EarlyStopping(pl.Callback):
     @staticmethod
     def _noise_level(criterion: DiscrepancyPrinciple, problem: Any) -> tuple[float, str]:
         """The configured noise std, else the problem's, else an estimate from the observation."""
-        if criterion.noise_std is not None:
+        if isinstance(criterion.noise_std, float):
             return criterion.noise_std, NOISE_FROM_CONFIG
         known = getattr(problem, "noise_std", None)
-        if known is not None:
+        if known is not None and criterion.noise_std != ESTIMATE:
             return float(known), NOISE_FROM_PROBLEM
         try:
             return estimate_noise_std(problem.observation), NOISE_ESTIMATED
         except ValueError as error:
             raise ConfigError(
-                "stopping.noise_std", None, f"must be set because it cannot be estimated here ({error})"
+                "stopping.criterion.noise_std",
+                None,
+                f"must be set because it cannot be estimated here ({error})",
             ) from error
 
     def on_train_batch_end(
@@ -104,6 +107,21 @@ class EarlyStopping(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
+        stop = self.observe(trainer, pl_module)
+        if getattr(trainer, "world_size", 1) > 1 and self.criterion.checked:
+            # Ranks see different outputs (their own training noise); rank zero, which writes the
+            # reconstruction, decides for all of them, or the ranks would wait on each other forever.
+            stop = bool(trainer.strategy.broadcast(stop, src=0))
+        if stop:
+            trainer.should_stop = True
+
+    def observe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+        """Feed this step's output to the criterion; True when it says stop (nothing else stops).
+
+        Kept apart from :meth:`on_train_batch_end` so that
+        :class:`~dip_lightning.stopping.monitor.StoppingMonitor` can watch several criteria on
+        one run without stopping it.
+        """
         image = getattr(pl_module, "latest_image", None)
         if image is None:
             raise RuntimeError(
@@ -129,8 +147,7 @@ class EarlyStopping(pl.Callback):
                 step,
                 self.criterion.detected_step,
             )
-        if stop:
-            trainer.should_stop = True
+        return stop
 
     def summary(self) -> dict[str, Any]:
         """What to log at the end of a run: where the reconstruction comes from and why."""

@@ -83,8 +83,8 @@ class StoppingCriterion(ABC):
     _tensor_attrs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, check_every: int = 10, history_every: int = 10) -> None:
-        self.check_every = _check_int("stopping.check_every", check_every, 1)
-        self.history_every = _check_int("stopping.history_every", history_every, 1)
+        self.check_every = _check_int("stopping.criterion.check_every", check_every, 1)
+        self.history_every = _check_int("stopping.criterion.history_every", history_every, 1)
         self._updates = 0
         self._best_image: Tensor | None = None
         self._best_step: Tensor | None = None  # int64, -1 until something is detected
@@ -115,6 +115,15 @@ class StoppingCriterion(ABC):
         if self._updates % self.check_every != 0:
             return False
         return self._should_stop(step)
+
+    @property
+    def checked(self) -> bool:
+        """Whether the last :meth:`update` applied the stopping rule (every ``check_every`` updates).
+
+        Data-parallel ranks update equally often, so they all reach a check at the same step and
+        can agree on the decision there without a collective call at every step.
+        """
+        return self._updates > 0 and self._updates % self.check_every == 0
 
     @property
     def detected_step(self) -> int | None:
@@ -321,8 +330,8 @@ class WindowedMovingVariance(StoppingCriterion):
         self, window: int = 100, patience: int = 1000, *, check_every: int = 10, history_every: int = 10
     ) -> None:
         super().__init__(check_every=check_every, history_every=history_every)
-        self.window = _check_int("stopping.window", window, 2)
-        self.patience = _check_int("stopping.patience", patience, 1)
+        self.window = _check_int("stopping.criterion.window", window, 2)
+        self.patience = _check_int("stopping.criterion.patience", patience, 1)
         self._buffer: Tensor | None = None  # (window, *image shape), ring of the latest outputs
         self._sq_norms: Tensor | None = None  # (window,), ||x||**2 of each buffered output
         self._sum: Tensor | None = None  # per-pixel sum over the window
@@ -398,7 +407,7 @@ class WindowedMovingVariance(StoppingCriterion):
         if buffer is not None and buffer.shape[0] != self.window:
             raise ValueError(
                 f"the saved stopping state has a window of {buffer.shape[0]} steps but "
-                f"stopping.window={self.window}; resume with the same window"
+                f"stopping.criterion.window={self.window}; resume with the same window"
             )
         self._count = int(state["count"])
 
@@ -431,11 +440,11 @@ class ExponentialMovingVariance(StoppingCriterion):
     ) -> None:
         super().__init__(check_every=check_every, history_every=history_every)
         if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0.0 < alpha <= 1.0:
-            raise ConfigError("stopping.alpha", alpha, "must lie in (0, 1]")
+            raise ConfigError("stopping.criterion.alpha", alpha, "must lie in (0, 1]")
         self.alpha = float(alpha)
-        self.patience = _check_int("stopping.patience", patience, 1)
+        self.patience = _check_int("stopping.criterion.patience", patience, 1)
         default_warmup = math.ceil(1.0 / self.alpha)
-        self.warmup = default_warmup if warmup is None else _check_int("stopping.warmup", warmup, 0)
+        self.warmup = default_warmup if warmup is None else _check_int("stopping.criterion.warmup", warmup, 0)
         self._mean: Tensor | None = None
         self._var: Tensor | None = None
         self._count = 0
@@ -477,13 +486,28 @@ class ExponentialMovingVariance(StoppingCriterion):
         self._count = int(state["count"])
 
 
+ESTIMATE = "estimate"
+
+
+def _noise_std_setting(value: object) -> float | str | None:
+    """A positive finite number, None (automatic) or ``"estimate"``; anything else is refused."""
+    if value is None or value == ESTIMATE:
+        return value  # type: ignore[return-value]
+    allowed = f"must be a number > 0, null (automatic) or '{ESTIMATE}'"
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise ConfigError("stopping.criterion.noise_std", value, allowed)
+    return float(value)
+
+
 class DiscrepancyPrinciple(StoppingCriterion):
     """Morozov's discrepancy principle: stop at the first step with ||A x - y|| <= tau * delta.
 
     delta = noise_std * sqrt(m) is the expected norm of the noise in m measurement elements. With
     ``noise_std=None`` the caller (the :class:`~dip_lightning.stopping.callback.EarlyStopping`
-    callback) provides it through :meth:`set_noise_level` from the problem or an estimate.
-    The score is the misfit; the detected step is the first step that meets the bound.
+    callback) provides it through :meth:`set_noise_level`: the simulated noise level when the
+    problem knows it, else an estimate from the observation; ``noise_std="estimate"`` always
+    estimates, as for a real measurement. The score is the misfit; the detected step is the first
+    step that meets the bound.
     """
 
     name = "discrepancy"
@@ -492,16 +516,16 @@ class DiscrepancyPrinciple(StoppingCriterion):
     def __init__(
         self,
         tau: float = 1.1,
-        noise_std: float | None = None,
+        noise_std: float | str | None = None,
         *,
         check_every: int = 10,
         history_every: int = 10,
     ) -> None:
         super().__init__(check_every=check_every, history_every=history_every)
         if isinstance(tau, bool) or not isinstance(tau, int | float) or not tau >= 1.0 or math.isinf(tau):
-            raise ConfigError("stopping.tau", tau, "must be a finite number >= 1")
+            raise ConfigError("stopping.criterion.tau", tau, "must be a finite number >= 1")
         self.tau = float(tau)
-        self.noise_std = None if noise_std is None else float(check_positive("stopping.noise_std", noise_std))
+        self.noise_std: float | str | None = _noise_std_setting(noise_std)
         self.noise_std_used: float | None = None
         self.delta: float | None = None
         self.threshold: float | None = None
@@ -512,9 +536,9 @@ class DiscrepancyPrinciple(StoppingCriterion):
 
     def set_noise_level(self, delta_per_element: float, num_elements: int) -> None:
         """Set delta from the noise std of one measurement element and the number of elements."""
-        sigma = float(check_positive("stopping.noise_std", delta_per_element))
+        sigma = float(check_positive("stopping.criterion.noise_std", delta_per_element))
         if math.isinf(sigma):
-            raise ConfigError("stopping.noise_std", delta_per_element, "must be finite")
+            raise ConfigError("stopping.criterion.noise_std", delta_per_element, "must be finite")
         count = operator.index(num_elements)
         if count < 1:
             raise ValueError(f"the measurement must have at least one element, got {num_elements}")
@@ -573,7 +597,7 @@ class Oracle(StoppingCriterion):
         self, patience: int | None = None, *, check_every: int = 10, history_every: int = 10
     ) -> None:
         super().__init__(check_every=check_every, history_every=history_every)
-        self.patience = None if patience is None else _check_int("stopping.patience", patience, 1)
+        self.patience = None if patience is None else _check_int("stopping.criterion.patience", patience, 1)
 
     def _describe(self) -> str:
         return f"patience={self.patience}, {super()._describe()}"

@@ -1,0 +1,276 @@
+"""Sparse-view CT: FBP, DIP, DIP+TV, MFVI+TV and educated DIP on phantoms (a Baguer et al. table).
+
+Every row is one job of the platform itself: the config `python launch.py task=ct ...` would
+compose (``dip_lightning.config.compose_config``) run by ``dip_lightning.run.run``; the educated
+DIP network is pretrained once by ``dip_lightning.pretrain.pretrain``, exactly what
+`python -m dip_lightning.pretrain task=ct ...` does. All methods of an image share one
+observation (128x128, 60 parallel-beam angles, 5% relative Gaussian noise by default).
+
+Columns: PSNR and SSIM of the reported image, the training steps, the job's wall time, and for
+educated DIP ``steps_to_reach``: the first step at which its reported image (the output EMA)
+is at least as good as DIP+TV's final image. The goals checked at the end:
+
+* DIP+TV at least 4 dB above FBP (Baguer et al.: FBP 24.2 dB, DIP+TV 28.9 dB on 128x128
+  ellipses with 30 angles and 2.5% noise);
+* educated DIP reaching DIP+TV's PSNR within a third of DIP+TV's steps.
+
+    python benchmarks/ct_table.py                                   # full scale (hours on a CPU)
+    python benchmarks/ct_table.py --steps 300 --ellipses 1 --pretrain-steps 300 --pretrain-images 600
+    python benchmarks/ct_table.py --device gpu --model skip --steps 5000 --pretrain-steps 20000
+
+Prints a Markdown table and writes ``benchmarks/results/ct_table_<device>.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dip_lightning.config import compose_config  # noqa: E402
+from dip_lightning.pretrain import pretrain  # noqa: E402
+from dip_lightning.run import run  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# name -> (label, overrides); fbp is read from the baseline every job saves.
+METHODS: dict[str, tuple[str, list[str]]] = {
+    "fbp": ("FBP", []),
+    "dip": ("DIP", ["method=dip", "prior=gaussian"]),
+    "dip_tv": ("DIP+TV", ["method=dip", "prior=tv"]),
+    "mfvi_tv": ("MFVI+TV", ["method=mfvi", "prior=tv"]),
+    "edip": ("EDIP", ["method=edip", "prior=tv"]),
+}
+COLUMNS = ("image", "method", "psnr", "ssim", "steps", "seconds", "peak_psnr", "steps_to_reach")
+GOAL_GAIN_DB = 4.0
+GOAL_STEP_FRACTION = 1.0 / 3.0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=128, help="image side in pixels")
+    parser.add_argument("--angles", type=int, default=60, help="projection angles")
+    parser.add_argument("--noise", type=float, default=0.05, help="relative Gaussian noise level")
+    parser.add_argument("--ellipses", type=int, default=3, help="random-ellipse phantoms (seeds 0, 1, ...)")
+    parser.add_argument("--no-shepp-logan", action="store_true", help="leave out the Shepp-Logan phantom")
+    parser.add_argument("--steps", type=int, default=2000, help="steps of DIP, DIP+TV and MFVI+TV")
+    parser.add_argument("--edip-steps", type=int, default=None, help="fine-tuning steps (default: steps / 3)")
+    parser.add_argument("--pretrain-steps", type=int, default=3000, help="educated-DIP pretraining steps")
+    parser.add_argument("--pretrain-images", type=int, default=4000, help="ellipse phantoms per epoch")
+    parser.add_argument("--pretrain-batch", type=int, default=16, help="pretraining batch size")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="reuse this pretrained network")
+    parser.add_argument("--model", default="skip_light", help="model config (skip_tiny, skip_light, skip)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "outputs" / "benchmarks" / "ct_table")
+    parser.add_argument("--csv", type=Path, default=None, help="default: results/ct_table_<device>.csv")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job")
+    args = parser.parse_args(argv)
+    if args.edip_steps is None:
+        args.edip_steps = max(1, args.steps // 3)
+    return args
+
+
+def images(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """(label, data overrides) of every test image."""
+    chosen = [] if args.no_shepp_logan else [("shepp_logan", ["data=shepp_logan"])]
+    chosen += [(f"ellipses_{seed}", ["data=ellipses", f"data.seed={seed}"]) for seed in range(args.ellipses)]
+    return chosen
+
+
+def common_overrides(args: argparse.Namespace) -> list[str]:
+    """The CT problem and run settings every job shares."""
+    overrides = [
+        "task=ct",
+        "logger=none",
+        f"model={args.model}",
+        f"data.size={args.size}",
+        f"operator.num_angles={args.angles}",
+        f"noise.sigma={args.noise}",
+        "trainer.check_val_every_n_epoch=100000",  # evaluate once, at the end
+    ]
+    if args.device == "gpu":
+        overrides.append("trainer=gpu")
+    if args.threads:
+        overrides.append(f"num_threads={args.threads}")
+    return [*overrides, *args.overrides]
+
+
+def run_job(overrides: list[str], output_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One platform job; its metrics.json and curves.json."""
+    run(compose_config(overrides, output_dir))
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    curves = json.loads((output_dir / "curves.json").read_text())
+    return metrics, curves
+
+
+def pretrained_checkpoint(args: argparse.Namespace, data: list[str]) -> Path:
+    """Pretrain once on simulated ellipse phantoms (same operator, noise and size) unless given."""
+    if args.checkpoint is not None:
+        return args.checkpoint
+    path = args.out_dir / "pretrained" / "edip.pt"
+    overrides = [
+        *common_overrides(args),
+        *data,
+        f"method.checkpoint={path}",
+        f"pretrain.max_steps={args.pretrain_steps}",
+        f"pretrain.num_images={args.pretrain_images}",
+        f"pretrain.batch_size={args.pretrain_batch}",
+    ]
+    summary = pretrain(compose_config(overrides, args.out_dir / "pretrained", config_name="pretrain"))
+    print(
+        f"pretraining: {summary['steps']} steps in {summary['seconds']:.0f} s, validation PSNR "
+        f"{summary['val_psnr']:.2f} dB (FBP {summary['val_fbp_psnr']:.2f} dB)",
+        flush=True,
+    )
+    return path
+
+
+def steps_to_reach(curve: list[float | None], target: float) -> int | None:
+    """Number of steps after which ``curve`` (one value per step) first reaches ``target``."""
+    for index, value in enumerate(curve):
+        if value is not None and value >= target:
+            return index + 1
+    return None
+
+
+def reported_curve(metrics: dict[str, Any], curves: dict[str, Any]) -> list[float | None]:
+    """The per-step PSNR of the image the run reports (the output EMA or the raw output)."""
+    return curves["psnr_ema"] if metrics.get("reconstruction_source") == "ema" else curves["psnr"]
+
+
+def run_image(args: argparse.Namespace, label: str, data: list[str], checkpoint: Path | None) -> list[dict]:
+    """All methods on one image; FBP comes from the first job's saved baseline."""
+    rows: list[dict[str, Any]] = []
+    results: dict[str, tuple[dict, dict]] = {}
+    for name in [m for m in args.methods if m != "fbp"]:
+        overrides = [*common_overrides(args), *data, *METHODS[name][1]]
+        steps = args.edip_steps if name == "edip" else args.steps
+        overrides.append(f"trainer.max_steps={steps}")
+        if name == "edip":
+            overrides.append(f"method.checkpoint={checkpoint}")
+        start = time.perf_counter()
+        metrics, curves = run_job(overrides, args.out_dir / label / name)
+        print(f"{label} {name}: {metrics['psnr']:.2f} dB in {time.perf_counter() - start:.0f} s", flush=True)
+        results[name] = (metrics, curves)
+        rows.append(
+            {
+                "image": label,
+                "method": METHODS[name][0],
+                "psnr": metrics["psnr"],
+                "ssim": metrics["ssim"],
+                "steps": metrics["steps"],
+                "seconds": metrics["seconds"],
+                "peak_psnr": metrics.get("peak_psnr"),
+                "steps_to_reach": None,
+            }
+        )
+    if "fbp" in args.methods and results:
+        metrics = next(iter(results.values()))[0]
+        fbp = {"image": label, "method": "FBP", "psnr": metrics["baseline_psnr"], "ssim": metrics["baseline_ssim"]}
+        rows.insert(0, {**dict.fromkeys(COLUMNS), **fbp, "steps": 0})
+    if "edip" in results and "dip_tv" in results:
+        target = results["dip_tv"][0]["psnr"]
+        reached = steps_to_reach(reported_curve(*results["edip"]), target)
+        next(r for r in rows if r["method"] == "EDIP")["steps_to_reach"] = reached
+    return rows
+
+
+def mean_rows(rows: list[dict]) -> list[dict]:
+    """The mean of every numeric column per method over the images."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    means = []
+    for method in methods:
+        group = [r for r in rows if r["method"] == method]
+        mean: dict[str, Any] = {"image": "mean", "method": method}
+        for column in COLUMNS[2:]:
+            values = [r[column] for r in group if isinstance(r[column], int | float)]
+            mean[column] = statistics.fmean(values) if len(values) == len(group) and values else None
+        means.append(mean)
+    return means
+
+
+def format_cell(value: Any, column: str) -> str:
+    if value is None:
+        return "-"
+    if column in ("psnr", "peak_psnr"):
+        return f"{value:.2f}"
+    if column == "ssim":
+        return f"{value:.3f}"
+    if column == "seconds":
+        return f"{value:.0f}"
+    if column in ("steps", "steps_to_reach"):
+        return f"{value:.0f}"
+    return str(value)
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(format_cell(r[c], c) for c in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def goals(rows: list[dict], args: argparse.Namespace) -> list[str]:
+    """The two targets of the benchmark, checked on the per-image rows."""
+    lines = []
+    by = {(r["image"], r["method"]): r for r in rows}
+    for image in dict.fromkeys(r["image"] for r in rows):
+        fbp, tv, edip = by.get((image, "FBP")), by.get((image, "DIP+TV")), by.get((image, "EDIP"))
+        if fbp and tv:
+            gain = tv["psnr"] - fbp["psnr"]
+            verdict = "met" if gain >= GOAL_GAIN_DB else "not met"
+            lines.append(f"{image}: DIP+TV - FBP = {gain:+.2f} dB (goal >= {GOAL_GAIN_DB:g} dB: {verdict})")
+        if tv and edip:
+            budget = math.floor(tv["steps"] * GOAL_STEP_FRACTION)
+            reached = edip["steps_to_reach"]
+            verdict = "met" if reached is not None and reached <= budget else "not met"
+            shown = f"{reached} steps" if reached is not None else f"not within {edip['steps']} steps"
+            lines.append(
+                f"{image}: EDIP reaches DIP+TV's {tv['psnr']:.2f} dB after {shown} "
+                f"(goal <= {budget} = DIP+TV's {tv['steps']} / 3: {verdict})"
+            )
+    return lines
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: "" if row[c] is None else row[c] for c in COLUMNS})
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    chosen = images(args)
+    checkpoint = None
+    if "edip" in args.methods:
+        checkpoint = pretrained_checkpoint(args, chosen[0][1] if chosen else [])
+    rows: list[dict] = []
+    for label, data in chosen:
+        rows += run_image(args, label, data, checkpoint)
+    table = rows + mean_rows(rows)
+    print(
+        f"\nCT {args.size}x{args.size}, {args.angles} angles, {args.noise:.1%} noise, model {args.model}, "
+        f"{args.steps} steps (EDIP {args.edip_steps}, pretraining {args.pretrain_steps} x {args.pretrain_batch})\n"
+    )
+    print(markdown(table))
+    print("\n" + "\n".join(goals(rows, args)))
+    path = args.csv or RESULTS / f"ct_table_{args.device}.csv"
+    write_csv(table, path)
+    print(f"\nwritten: {path}")
+    return table
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""DIP, SGLD, MC dropout and MFVI on one image: the comparison table of the MFVI-DIP paper.
+
+Each row is one run of the platform (the composed Hydra config and ``dip_lightning.run.run``,
+exactly what ``python launch.py`` does), on the same observation and for the same number of steps:
+
+* ``peak PSNR``: the best PSNR of the per-step output over the run (``curves.json``);
+* ``final PSNR``: the mean PSNR of the last 100 steps of that curve: close to the peak when a
+  method does not overfit, well below it when it fits the noise;
+* ``PSNR (reported)``, ``SSIM``: quality of the image the run reports (DIP: the output EMA; the
+  Bayesian methods: the predictive mean);
+* ``UCE``, ``NLL``: calibration of the epistemic variance and Gaussian NLL of the ground truth;
+* ``seconds``: wall time of the whole job (fit, evaluation and writing its files).
+
+The paper's claim to check: with a suitable prior sigma, MFVI's final PSNR stays within about
+1 dB of its peak while plain DIP, run long enough, falls well below its peak.
+
+SGLD's burn-in and sampling interval keep the reference proportions (7000 and 50 of 20000 steps)
+whatever ``--steps`` is, so short runs still collect samples.
+
+    python benchmarks/paper_table.py --threads 1            # 64x64 on the CPU (under 30 minutes)
+    python benchmarks/paper_table.py --size 256 --device gpu --steps 20000 --model skip
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dip_lightning.run import run  # noqa: E402
+
+CONF = ROOT / "conf"
+RESULTS = Path(__file__).resolve().parent / "results"
+CHEST_XRAY = Path("/work/shared/data/medical/BACTERIA-1351146-0006.jpg")
+METHODS = {"dip": "DIP", "sgld": "SGLD", "mcdropout": "MC dropout", "mfvi": "MFVI"}
+FINAL_WINDOW = 100
+REFERENCE_STEPS, REFERENCE_BURN_IN, REFERENCE_SAMPLE_EVERY = 20000, 7000, 50
+COLUMNS = (
+    "method",
+    "steps",
+    "peak_psnr",
+    "peak_step",
+    "final_psnr",
+    "reported_psnr",
+    "ssim",
+    "uce",
+    "nll",
+    "seconds",
+)
+
+
+def compose_job(overrides: list[str], output_dir: Path) -> DictConfig:
+    """The config `launch.py <overrides>` would run, writing into ``output_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def sgld_schedule(steps: int) -> tuple[int, int]:
+    """Burn-in and sampling interval in the reference proportions, scaled to ``steps``."""
+    burn_in = round(steps * REFERENCE_BURN_IN / REFERENCE_STEPS)
+    sample_every = max(1, round(steps * REFERENCE_SAMPLE_EVERY / REFERENCE_STEPS))
+    return burn_in, sample_every
+
+
+def job_overrides(method: str, args: argparse.Namespace) -> list[str]:
+    image = ["data=file", f"data.path={args.image}"] if args.image != "camera" else ["data=camera"]
+    accelerator = {"cpu": "cpu", "gpu": "gpu", "auto": "auto"}[args.device]
+    overrides = [
+        f"task={args.task}",
+        f"method={method}",
+        *image,
+        f"data.size={args.size}",
+        f"model={args.model}",
+        f"trainer.accelerator={accelerator}",
+        f"trainer.max_steps={args.steps}",
+        f"trainer.check_val_every_n_epoch={max(1, args.steps // 10)}",
+        f"method.num_samples={args.samples}" if method != "dip" else "method.num_samples=1",
+        "logger=none",
+        f"seed={args.seed}",
+    ]
+    if args.threads:
+        overrides.append(f"num_threads={args.threads}")
+    if args.prior_sigma is not None:
+        overrides.append(f"prior.sigma={args.prior_sigma}")
+    if method == "sgld":
+        burn_in, sample_every = sgld_schedule(args.steps)
+        overrides += [f"method.burn_in={burn_in}", f"method.sample_every={sample_every}"]
+    return overrides + list(args.override)
+
+
+def run_method(method: str, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
+    job_dir = out_dir / method
+    cfg = compose_job(job_overrides(method, args), job_dir)
+    start = time.perf_counter()
+    run(cfg)
+    seconds = time.perf_counter() - start
+    metrics = json.loads((job_dir / "metrics.json").read_text())
+    psnr = json.loads((job_dir / "curves.json").read_text())["psnr"]
+    peak_step = max(range(len(psnr)), key=psnr.__getitem__)
+    return {
+        "method": METHODS[method],
+        "steps": metrics["steps"],
+        "peak_psnr": psnr[peak_step],
+        "peak_step": peak_step,
+        "final_psnr": statistics.fmean(psnr[-FINAL_WINDOW:]),
+        "reported_psnr": metrics.get("psnr"),
+        "ssim": metrics.get("ssim"),
+        "uce": metrics.get("uce"),
+        "nll": metrics.get("nll"),
+        "seconds": seconds,
+    }
+
+
+def fmt(value: Any, digits: int) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    header = (
+        "| method | steps | peak PSNR (step) | final PSNR | PSNR (reported) | SSIM | UCE | NLL | seconds |"
+    )
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['steps']} | {fmt(r['peak_psnr'], 2)} ({r['peak_step']}) | "
+            f"{fmt(r['final_psnr'], 2)} | {fmt(r['reported_psnr'], 2)} | {fmt(r['ssim'], 4)} | "
+            f"{fmt(r['uce'], 5)} | {fmt(r['nll'], 3)} | {fmt(r['seconds'], 0)} |"
+        )
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row[k] for k in COLUMNS})
+    return path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=64, help="image side (64 on a CPU, 256 for the paper)")
+    parser.add_argument("--steps", type=int, default=3000, help="training steps of every method")
+    parser.add_argument(
+        "--image",
+        default=str(CHEST_XRAY) if CHEST_XRAY.is_file() else "camera",
+        help="image file (data=file), or 'camera'; default: the chest X-ray if present",
+    )
+    parser.add_argument("--device", choices=("cpu", "gpu", "auto"), default="cpu")
+    parser.add_argument(
+        "--task", default="denoising", choices=("denoising", "super_resolution", "inpainting")
+    )
+    parser.add_argument("--model", default="skip_tiny", help="model config (skip_tiny, skip_light, skip)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--samples", type=int, default=25, help="Monte Carlo samples at evaluation")
+    parser.add_argument(
+        "--prior-sigma", type=float, default=None, help="MFVI prior sigma (default: the task's)"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 is best on a busy CPU)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "outputs" / "paper_table")
+    parser.add_argument("--csv", type=Path, default=None, help="default: results/paper_table_<device>.csv")
+    parser.add_argument("override", nargs="*", help="extra Hydra overrides for every job")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    args = parse_args(argv)
+    out_dir = args.out_dir / f"{args.device}_{args.size}"
+    rows = []
+    for method in args.methods:
+        rows.append(run_method(method, args, out_dir))
+        print(f"{METHODS[method]} done in {rows[-1]['seconds']:.0f} s", flush=True)
+    print(f"\n{args.task}, {Path(args.image).name}, {args.size}x{args.size}, model={args.model}\n")
+    print(markdown(rows))
+    path = write_csv(rows, args.csv or RESULTS / f"paper_table_{args.device}.csv")
+    print(f"\nCSV: {path}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

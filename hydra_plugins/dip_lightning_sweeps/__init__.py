@@ -1,0 +1,1 @@
+"""Hydra plugins of dip-lightning (Hydra only instantiates sweepers from the hydra_plugins namespace)."""

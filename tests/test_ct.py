@@ -1,0 +1,235 @@
+"""Sparse-view CT on the platform: every method on task=ct, the FBP baseline, educated DIP.
+
+All runs are 64x64 (preset=small) and a few steps long; the ray-transform matrices go to a
+temporary cache shared by the whole module, so each geometry is built once.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import DictConfig
+
+from dip_lightning.config import compose_config
+from dip_lightning.data.synthetic_ct import SyntheticCTDataModule, SyntheticCTDataset
+from dip_lightning.errors import ConfigError, InputFileError
+from dip_lightning.methods.edip import EducatedDIP, read_checkpoint, save_pretrained
+from dip_lightning.models.skip import SkipNet
+from dip_lightning.physics.ct_noise import PoissonLogNoise
+from dip_lightning.physics.noise import GaussianNoise
+from dip_lightning.physics.ray_transform import CACHE_ENV_VAR, RayTransform
+from dip_lightning.pretrain import pretrain
+from dip_lightning.priors import TotalVariation
+from dip_lightning.run import build_method, build_problem, run
+from tests.conftest import run_cli
+
+FEW_STEPS = ("trainer.max_steps=3", "trainer.check_val_every_n_epoch=3")
+TINY_PRETRAINING = (
+    "pretrain.num_images=4",
+    "pretrain.val_images=2",
+    "pretrain.batch_size=2",
+    "pretrain.max_steps=2",
+)
+
+
+@pytest.fixture(scope="module")
+def ct_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("ray_transform_cache")
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(ct_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """System matrices go to the module's temporary cache, never to the home directory."""
+    monkeypatch.setenv(CACHE_ENV_VAR, str(ct_cache))
+
+
+@pytest.fixture
+def ct_config(small_config):
+    def make(*overrides: str) -> DictConfig:
+        return small_config("task=ct", *FEW_STEPS, *overrides)
+
+    return make
+
+
+def compose_pretrain(overrides: list[str], output_dir: Path) -> DictConfig:
+    """Compose ``conf/pretrain.yaml`` as `python -m dip_lightning.pretrain` would."""
+    return compose_config(overrides, output_dir, config_name="pretrain")
+
+
+def outputs(cfg: DictConfig) -> tuple[Path, dict]:
+    directory = Path(cfg.paths.output_dir)
+    return directory, json.loads((directory / "metrics.json").read_text())
+
+
+# ------------------------------------------------------------------------------------------
+# Every method on task=ct, with the task's TV prior
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("method", "extra"),
+    [
+        ("dip", ("data=ct_small",)),
+        ("sgld", ("method.burn_in=1", "method.sample_every=1", "noise=ct_poisson")),
+        ("mcdropout", ("prior.kind=isotropic",)),
+        ("mfvi", ()),
+    ],
+)
+def test_each_method_runs_dip_tv_on_ct(ct_config, method, extra):
+    cfg = ct_config(f"method={method}", *extra)
+    run(cfg)
+    directory, metrics = outputs(cfg)
+    assert metrics["status"] == "completed" and metrics["steps"] == 3
+    assert np.isfinite(metrics["psnr"])
+    assert "TotalVariation" in (directory / "config.yaml").read_text()
+    # The FBP baseline is saved and scored with every CT run.
+    assert np.load(directory / "baseline.npy").shape == (1, 64, 64)
+    assert metrics["baseline_psnr"] > 15.0
+    assert np.load(directory / "observation.npy").shape[-2] == 60  # a sinogram with 60 angles
+    transform = json.loads((directory / "transform.json").read_text())
+    assert transform["scale"] > 0
+    if "data=ct_small" in extra:
+        # The DICOM slice is stretched from its own (HU) range, which the transform records.
+        assert transform["scale"] > 100 and transform["offset"] < 0
+
+
+def test_ct_task_defaults_and_prior_choice(ct_config):
+    cfg = ct_config()
+    assert cfg.operator.num_angles == 60 and cfg.noise.relative and cfg.noise.sigma == 0.05
+    assert cfg.data.kind == "shepp_logan" and cfg.data.size == 64
+    assert cfg.method.grad_clip == 1.0
+    problem = build_problem(cfg)
+    assert isinstance(problem.operator, RayTransform) and problem.image_shape == (64, 64)
+    assert isinstance(build_method(cfg, problem).image_prior, TotalVariation)
+    # The task's TV default gives way to a prior chosen on the command line.
+    plain = ct_config("prior=gaussian")
+    assert build_method(plain, build_problem(plain)).image_prior is None
+
+
+def test_fbp_baseline_is_accurate_on_shepp_logan(ct_config):
+    problem = build_problem(ct_config())
+    fbp = problem.operator.pseudo_inverse(problem.observation).clamp(0, 1)
+    mse = float((fbp - problem.ground_truth).pow(2).mean())
+    assert 10 * np.log10(1 / mse) > 22.0
+
+
+def test_fan_beam_task(ct_config):
+    cfg = ct_config("operator=ray_transform_fan", "method=dip")
+    run(cfg)
+    directory, metrics = outputs(cfg)
+    assert cfg.operator.beam == "fan" and metrics["status"] == "completed"
+    assert metrics["baseline_psnr"] > 15.0
+    assert np.load(directory / "baseline.npy").shape == (1, 64, 64)
+
+
+def test_pseudo_inverse_network_input(ct_config):
+    cfg = ct_config("method.input.kind=pseudo_inverse", "method.input.channels=2")
+    problem = build_problem(cfg)
+    method = build_method(cfg, problem)
+    fbp = problem.operator.pseudo_inverse(problem.observation)
+    assert method.net_input.shape == (1, 2, 64, 64)
+    torch.testing.assert_close(method.net_input, fbp.repeat(1, 2, 1, 1))
+
+
+# ------------------------------------------------------------------------------------------
+# Educated DIP: pretraining, fine-tuning, checkpoint errors
+# ------------------------------------------------------------------------------------------
+def test_synthetic_pairs_are_seeded_fbp_and_phantom():
+    operator = RayTransform((32, 32), num_angles=20)
+    noise = GaussianNoise(0.05, relative=True)
+    data = SyntheticCTDataset(operator, noise, length=3, seed_offset=5, noise_seed=7)
+    fbp, phantom = data[1]
+    again, same = data[1]
+    assert fbp.shape == phantom.shape == (1, 32, 32)
+    torch.testing.assert_close(fbp, again)
+    torch.testing.assert_close(phantom, same)
+    assert float(phantom.min()) >= 0.0 and float(phantom.max()) == pytest.approx(1.0)
+    # The FBP is a noisy version of the phantom, not the phantom itself.
+    error = float((fbp - phantom).pow(2).mean())
+    assert 1e-5 < error < 0.05
+    poisson = SyntheticCTDataset(operator, PoissonLogNoise(), length=1)
+    assert torch.isfinite(poisson[0][0]).all()
+    with pytest.raises(ConfigError, match="pretrain.batch_size"):
+        SyntheticCTDataModule(operator, noise, 4, 2, batch_size=0, seed_offset=0)
+
+
+def test_pretraining_then_educated_dip(tmp_path):
+    checkpoint = tmp_path / "edip.pt"
+    overrides = ["task=ct", "preset=small", "logger=none", f"method.checkpoint={checkpoint}"]
+    summary = pretrain(compose_pretrain([*overrides, *TINY_PRETRAINING], tmp_path / "pretrain"))
+    assert summary["steps"] == 2 and np.isfinite(summary["val_psnr"])
+    _, record = read_checkpoint(checkpoint)
+    assert record["in_channels"] == 1 and record["image_shape"] == [64, 64]
+
+    cfg = compose_config([*overrides, "method=edip", *FEW_STEPS], tmp_path / "run")
+    problem = build_problem(cfg)
+    method = build_method(cfg, problem)
+    assert isinstance(method, EducatedDIP) and method.pretraining["summary"]["steps"] == 2
+    for name, value in method.net.state_dict().items():
+        torch.testing.assert_close(value, record["state_dict"][name])
+    fbp = problem.operator.pseudo_inverse(problem.observation)
+    torch.testing.assert_close(method.net_input, fbp)  # FBP input, one channel
+    assert cfg.method.optimizer.lr == 1e-4 and isinstance(method.image_prior, TotalVariation)
+
+    run(cfg)
+    _, metrics = outputs(cfg)
+    assert metrics["status"] == "completed" and metrics["steps"] == 3
+
+
+def test_default_checkpoint_path_names_task_and_model(ct_config):
+    cfg = ct_config("method=edip")
+    assert Path(cfg.method.checkpoint).name == "edip_ct_skip_tiny.pt"
+
+
+@pytest.mark.parametrize("problem", ["missing", "directory", "text", "no_weights", "unset"])
+def test_edip_checkpoint_errors_name_the_setting(ct_config, tmp_path, problem):
+    path = tmp_path / "net.pt"
+    error: type[Exception] = InputFileError
+    if problem == "directory":
+        path = tmp_path
+    elif problem == "text":
+        path.write_text("these are not network weights\n")
+    elif problem == "no_weights":
+        torch.save({"format": "something else", "numbers": [1, 2]}, path)
+    elif problem == "unset":
+        path, error = "null", ConfigError
+    cfg = ct_config("method=edip", f"method.checkpoint={path}")
+    with pytest.raises(error, match="method.checkpoint"):
+        run(cfg)
+    assert not (Path(cfg.paths.output_dir) / "metrics.json").exists()
+
+
+def test_edip_checkpoint_of_another_network_shape(ct_config, tmp_path):
+    other = SkipNet(
+        in_channels=1, out_channels=1, channels_down=[8, 8], channels_up=[8, 8], channels_skip=[2, 2]
+    )
+    save_pretrained(tmp_path / "other.pt", other)
+    cfg = ct_config("method=edip", f"method.checkpoint={tmp_path / 'other.pt'}")
+    with pytest.raises(ConfigError, match=r"method\.checkpoint.*another shape"):
+        run(cfg)
+    assert not (Path(cfg.paths.output_dir) / "metrics.json").exists()
+
+
+def test_pretraining_needs_a_checkpoint_path(tmp_path):
+    cfg = compose_pretrain(["task=ct", "preset=small", "logger=none", "method.checkpoint=null"], tmp_path)
+    with pytest.raises(ConfigError, match="method.checkpoint"):
+        pretrain(cfg)
+
+
+# ------------------------------------------------------------------------------------------
+# The headline command
+# ------------------------------------------------------------------------------------------
+def test_headline_command_line(tmp_path):
+    result = run_cli(
+        ["task=ct", "method=mfvi", "preset=small", "logger=none", *FEW_STEPS],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "baseline (pseudo-inverse) PSNR" in result.stdout
+    (metrics_file,) = tmp_path.glob("outputs/runs/ct/mfvi/*/metrics.json")
+    metrics = json.loads(metrics_file.read_text())
+    assert metrics["status"] == "completed" and metrics["steps"] == 3
+    assert (metrics_file.parent / "baseline.png").is_file()
+    assert (metrics_file.parent / "transform.json").is_file()

@@ -1,0 +1,277 @@
+"""Every stopping criterion through real runs of the platform, in-process and from the command line.
+
+The runs are small (the tiny network, 64x64 or 32x32 images, at most 150 steps) with windows and
+patiences short enough that ES-WMV and ES-EMV really stop before ``max_steps``. What is checked is
+what a user reads: metrics.json, reconstruction.npy and the exit status.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import open_dict
+
+from dip_lightning.errors import ConfigError
+from dip_lightning.metrics.image import psnr
+from dip_lightning.run import run
+from dip_lightning.stopping.callback import NOISE_ESTIMATED, NOISE_FROM_PROBLEM
+from tests.conftest import run_cli
+
+CRITERIA = ("fixed", "wmv", "emv", "discrepancy", "oracle")
+METHODS = ("dip", "sgld", "mcdropout", "mfvi")
+TASKS = ("denoising", "super_resolution", "inpainting")
+DETECTION_KEYS = (
+    "detected_step",
+    "detected_psnr",
+    "detected_ssim",
+    "peak_psnr",
+    "peak_step",
+    "detection_gap",
+)
+# Where ES-WMV / ES-EMV settle on these 150-step runs; patience 20 then ends the run early.
+WMV = ("stopping=wmv", "stopping.criterion.window=10", "stopping.criterion.patience=20")
+EMV = ("stopping=emv", "stopping.criterion.alpha=0.1", "stopping.criterion.patience=20")
+MAX_STEPS = 150
+# torchmetrics' PSNR of a saved float32 image against the per-step PSNR of the same image.
+PSNR_TOLERANCE = 1e-3
+
+
+@pytest.fixture(autouse=True)
+def keep_thread_count():
+    """The runs below use one thread (fast on shared cores); later tests get the old count back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def fit(small_config, *overrides: str) -> dict:
+    """Run one in-process job on one thread and return its metrics.json."""
+    cfg = small_config("num_threads=1", *overrides)
+    run(cfg)
+    return json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+
+
+def saved_reconstruction_psnr(run_dir: Path) -> float:
+    """PSNR of reconstruction.npy against ground_truth.npy, as written to disk."""
+    reconstruction = torch.from_numpy(np.load(run_dir / "reconstruction.npy")).unsqueeze(0)
+    truth = torch.from_numpy(np.load(run_dir / "ground_truth.npy")).unsqueeze(0)
+    return float(psnr(reconstruction, truth))
+
+
+def assert_reports_the_detected_output(metrics: dict, run_dir: Path, criterion: str) -> None:
+    """The reconstruction on disk is the raw output at the detected step, and the gap adds up."""
+    for key in DETECTION_KEYS:
+        assert key in metrics, f"{key} missing from metrics.json: {sorted(metrics)}"
+    assert metrics["criterion"] == criterion
+    assert metrics["reconstruction_source"] == f"stopping:{criterion}"
+    assert 0 <= metrics["detected_step"] < metrics["steps"]
+    assert metrics["psnr"] == pytest.approx(metrics["detected_psnr"], abs=PSNR_TOLERANCE)
+    assert saved_reconstruction_psnr(run_dir) == pytest.approx(metrics["detected_psnr"], abs=PSNR_TOLERANCE)
+    assert metrics["detection_gap"] == pytest.approx(metrics["peak_psnr"] - metrics["detected_psnr"])
+    # The peak is the best raw output of the run, and the detected image is one of them.
+    assert metrics["detection_gap"] >= -PSNR_TOLERANCE
+    assert 0 < metrics["detected_ssim"] <= 1
+
+
+def assert_stopped_early(metrics: dict, patience: int, check_every: int = 10) -> None:
+    """Stopped at the first check at least ``patience`` steps after the detection."""
+    assert metrics["stopped_early"] is True
+    assert metrics["steps"] < MAX_STEPS
+    assert metrics["steps"] == metrics["stop_step"] + 1
+    waited = metrics["stop_step"] - metrics["detected_step"]
+    assert patience <= waited < patience + check_every
+
+
+# --------------------------------------------------------------------------------- one per criterion
+
+
+def test_wmv_stops_early_and_reports_the_output_at_the_detected_step(small_config, tmp_path):
+    metrics = fit(small_config, "method=dip", *WMV, f"trainer.max_steps={MAX_STEPS}")
+    assert_reports_the_detected_output(metrics, tmp_path, "wmv")
+    assert_stopped_early(metrics, patience=20)
+    assert metrics["detected_step"] >= 9  # no score before the 10-step window is full
+
+
+def test_emv_stops_early_with_sgld(small_config, tmp_path):
+    metrics = fit(small_config, "method=sgld", *EMV, f"trainer.max_steps={MAX_STEPS}")
+    assert_reports_the_detected_output(metrics, tmp_path, "emv")
+    assert_stopped_early(metrics, patience=20)
+    assert metrics["detected_step"] >= 10  # scores are compared after the ceil(1/alpha) warm-up
+
+
+def test_discrepancy_stops_at_the_simulated_noise_level(small_config, tmp_path):
+    metrics = fit(small_config, "method=dip", "stopping=discrepancy", "trainer.max_steps=100")
+    assert_reports_the_detected_output(metrics, tmp_path, "discrepancy")
+    assert (metrics["noise_std"], metrics["noise_std_source"]) == (pytest.approx(0.1), NOISE_FROM_PROBLEM)
+    # The first check after the misfit reached tau * delta ends the run.
+    assert metrics["stopped_early"] and metrics["steps"] < 100
+    assert 0 <= metrics["stop_step"] - metrics["detected_step"] < 10
+    # The score is the misfit at the detected step: at most tau * sigma * sqrt(64 * 64).
+    assert metrics["best_score"] <= 1.1 * 0.1 * 64
+
+
+def test_discrepancy_with_an_estimated_noise_level(small_config, tmp_path):
+    metrics = fit(
+        small_config,
+        "method=dip",
+        "stopping=discrepancy",
+        "stopping.criterion.noise_std=estimate",
+        "trainer.max_steps=100",
+    )
+    assert metrics["noise_std_source"] == NOISE_ESTIMATED
+    assert metrics["noise_std"] == pytest.approx(0.1, rel=0.2)  # simulated sigma 0.1
+    assert_reports_the_detected_output(metrics, tmp_path, "discrepancy")
+    assert metrics["stopped_early"] and metrics["steps"] < 100
+
+
+def test_oracle_detects_the_methods_peak_step(small_config, tmp_path):
+    """Oracle and the method's peak tracking number the steps the same way: same step, same PSNR."""
+    metrics = fit(small_config, "method=mcdropout", "stopping=oracle", "trainer.max_steps=100")
+    assert_reports_the_detected_output(metrics, tmp_path, "oracle")
+    assert metrics["detected_step"] == metrics["peak_step"]
+    assert metrics["detected_psnr"] == pytest.approx(metrics["peak_psnr"], abs=PSNR_TOLERANCE)
+    assert metrics["detection_gap"] == pytest.approx(0.0, abs=PSNR_TOLERANCE)
+    assert metrics["steps"] == 100 and metrics["stopped_early"] is False  # patience null: never stops
+
+
+def test_fixed_run_watched_by_a_monitor_matches_the_wmv_run(small_config, tmp_path):
+    """A fixed run, with ES-WMV and the oracle watching, gives what a run stopped by ES-WMV gives.
+
+    This is how benchmarks/stopping_gap.py measures every criterion from one run per image.
+    """
+    stopped = fit(small_config, "method=dip", *WMV, f"trainer.max_steps={MAX_STEPS}")
+    stopped_psnr = saved_reconstruction_psnr(tmp_path)
+
+    target = "dip_lightning.stopping.criteria."
+    cfg = small_config("num_threads=1", "method=dip", "stopping=fixed", f"trainer.max_steps={MAX_STEPS}")
+    with open_dict(cfg):
+        cfg.callbacks.monitor = {
+            "_target_": "dip_lightning.stopping.monitor.StoppingMonitor",
+            "path": str(tmp_path / "monitor.json"),
+            "criteria": {
+                "wmv": {"_target_": target + "WindowedMovingVariance", "window": 10, "patience": 20},
+                "oracle": {"_target_": target + "Oracle"},
+            },
+        }
+    run(cfg)
+    fixed = json.loads((tmp_path / "metrics.json").read_text())
+    watched = json.loads((tmp_path / "monitor.json").read_text())
+
+    assert fixed["steps"] == MAX_STEPS and fixed["stopped_early"] is False
+    wmv = watched["criteria"]["wmv"]
+    assert (wmv["detected_step"], wmv["stop_step"]) == (stopped["detected_step"], stopped["stop_step"])
+    assert wmv["detected_psnr"] == pytest.approx(stopped_psnr, abs=PSNR_TOLERANCE)
+    oracle = watched["criteria"]["oracle"]
+    assert oracle["detected_step"] == fixed["peak_step"] == watched["peak_step"]
+    assert oracle["detection_gap"] == pytest.approx(0.0, abs=PSNR_TOLERANCE)
+
+    # For `fixed` the detected output is the last one; the reconstruction is the method's EMA.
+    assert fixed["detected_step"] == MAX_STEPS - 1
+    assert fixed["reconstruction_source"] == "ema"
+    assert fixed["detection_gap"] == pytest.approx(fixed["peak_psnr"] - fixed["detected_psnr"])
+
+
+# ------------------------------------------------------------------- every criterion x every method
+
+
+def matrix() -> list[tuple[str, str, str]]:
+    """All criterion x method pairs; tasks rotate so each pair of the three axes meets."""
+    return [
+        (criterion, method, TASKS[(i + j) % len(TASKS)])
+        for i, criterion in enumerate(CRITERIA)
+        for j, method in enumerate(METHODS)
+    ]
+
+
+MATRIX_STEPS = 30
+CRITERION_SETTINGS = {
+    "fixed": [],
+    "wmv": ["stopping.criterion.window=5", "stopping.criterion.patience=10"],
+    "emv": ["stopping.criterion.alpha=0.25", "stopping.criterion.patience=10"],
+    # A loose target (rms residual 0.5) that even MFVI's slow start meets within 30 steps: this
+    # checks the wiring, not the stopping point. Noise-free tasks need the noise level set.
+    "discrepancy": ["stopping.criterion.tau=5.0", "stopping.criterion.noise_std=0.1"],
+    "oracle": [],
+}
+
+
+@pytest.mark.parametrize(("criterion", "method", "task"), matrix())
+def test_every_criterion_with_every_method(small_config, tmp_path, criterion, method, task):
+    metrics = fit(
+        small_config,
+        f"task={task}",
+        f"method={method}",
+        f"stopping={criterion}",
+        *CRITERION_SETTINGS[criterion],
+        "data.size=32",
+        f"trainer.max_steps={MATRIX_STEPS}",
+        f"trainer.check_val_every_n_epoch={MATRIX_STEPS}",
+    )
+    assert metrics["status"] == "completed"
+    assert metrics["steps"] <= MATRIX_STEPS
+    if criterion == "fixed":
+        assert metrics["steps"] == MATRIX_STEPS and metrics["detected_step"] == MATRIX_STEPS - 1
+        assert not metrics["reconstruction_source"].startswith("stopping:")
+        assert metrics["detection_gap"] == pytest.approx(metrics["peak_psnr"] - metrics["detected_psnr"])
+        return
+    assert_reports_the_detected_output(metrics, tmp_path, criterion)
+    if metrics["stopped_early"]:
+        assert metrics["steps"] == metrics["stop_step"] + 1
+    if criterion == "oracle":
+        assert metrics["detected_step"] == metrics["peak_step"]
+    if criterion == "discrepancy":
+        assert metrics["noise_std"] == pytest.approx(0.1)
+
+
+# ------------------------------------------------------------------------------- bad settings
+
+
+def test_discrepancy_on_a_noise_free_task_needs_a_noise_level(small_config, tmp_path):
+    with pytest.raises(ConfigError, match="noise-free") as info:
+        fit(small_config, "task=inpainting", "stopping=discrepancy", "trainer.max_steps=5")
+    assert info.value.setting == "stopping.criterion.noise_std"
+    assert not (tmp_path / "metrics.json").exists()  # refused before training
+
+
+@pytest.mark.parametrize(
+    ("overrides", "setting"),
+    [
+        (("stopping=wmv", "stopping.criterion.window=1"), "stopping.criterion.window"),
+        (("stopping=emv", "stopping.criterion.alpha=0"), "stopping.criterion.alpha"),
+        (("stopping=oracle", "stopping.criterion.patience=0"), "stopping.criterion.patience"),
+        (("stopping=discrepancy", "stopping.criterion.tau=0.5"), "stopping.criterion.tau"),
+        (("stopping=discrepancy", "stopping.criterion.noise_std=loud"), "stopping.criterion.noise_std"),
+        (("stopping=fixed", "stopping.criterion.check_every=0"), "stopping.criterion.check_every"),
+    ],
+)
+def test_bad_stopping_settings_fail_before_training(small_config, tmp_path, overrides, setting):
+    with pytest.raises(ConfigError) as info:
+        fit(small_config, *overrides)
+    assert info.value.setting == setting
+    assert not (tmp_path / "metrics.json").exists()
+
+
+# ------------------------------------------------------------------------------- command line
+
+
+def test_wmv_from_the_command_line(tmp_path):
+    result = run_cli(
+        ["preset=small", "logger=none", "num_threads=1", *WMV, f"trainer.max_steps={MAX_STEPS}"], tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "wmv: reconstruction from step" in result.stdout
+    (metrics_file,) = tmp_path.glob("outputs/**/metrics.json")
+    metrics = json.loads(metrics_file.read_text())
+    assert_reports_the_detected_output(metrics, metrics_file.parent, "wmv")
+    assert_stopped_early(metrics, patience=20)
+
+
+def test_bad_stopping_setting_from_the_command_line(tmp_path):
+    result = run_cli(["preset=small", "logger=none", "stopping=wmv", "stopping.criterion.window=1"], tmp_path)
+    assert result.returncode == 2
+    assert "stopping.criterion.window" in result.stderr
+    assert not list(tmp_path.glob("outputs/**/metrics.json"))

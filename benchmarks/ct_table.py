@@ -176,7 +176,12 @@ def run_image(args: argparse.Namespace, label: str, data: list[str], checkpoint:
         )
     if "fbp" in args.methods and results:
         metrics = next(iter(results.values()))[0]
-        fbp = {"image": label, "method": "FBP", "psnr": metrics["baseline_psnr"], "ssim": metrics["baseline_ssim"]}
+        fbp = {
+            "image": label,
+            "method": "FBP",
+            "psnr": metrics["baseline_psnr"],
+            "ssim": metrics["baseline_ssim"],
+        }
         rows.insert(0, {**dict.fromkeys(COLUMNS), **fbp, "steps": 0})
     if "edip" in results and "dip_tv" in results:
         target = results["dip_tv"][0]["psnr"]

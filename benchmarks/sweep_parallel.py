@@ -1,12 +1,13 @@
 """Two trials at once with the joblib launcher against the same two trials one after the other.
 
-Both runs are the real command line (`python launch.py -m seed=1,2 ...`, small preset), pinned
-to the same CPU cores. In sequence each trial may use every core (``--sequential-threads``, 2 by
-default); in parallel each of the two trials gets one torch thread (``num_threads=1``), which is
-what ``hydra/launcher=joblib`` needs to avoid oversubscription. Prints the wall time of each
-command, the summed training time of its trials (metrics.json ``seconds``) and the ratio.
+All runs are the real command line (`python launch.py -m seed=1,2 ...`, small preset), pinned
+to the same CPU cores. The sequential runs give each trial 1 and then 2 torch threads
+(``--sequential-threads``); in parallel each of the two trials gets one thread
+(``num_threads=1``), which ``hydra/launcher=joblib`` needs to avoid oversubscription. Prints the
+wall time of each command (start-up included), the training time of its trials (metrics.json
+``seconds``) and the wall-time ratios.
 
-    python benchmarks/sweep_parallel.py [--steps 300] [--cores 0,1] [--sequential-threads 2]
+    python benchmarks/sweep_parallel.py [--steps 300] [--cores 0,1] [--sequential-threads 1,2]
 
 On a machine shared with other work the ratios move with the load; compare them only between
 runs made under the same conditions.
@@ -39,7 +40,12 @@ def run_sweep(extra: list[str], steps: int, workdir: Path) -> tuple[float, list[
         "trainer.check_val_every_n_epoch=100000",
         *extra,
     ]
-    env = {**os.environ, "DIP_LIGHTNING_ROOT": str(workdir), "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1"}
+    env = {
+        **os.environ,
+        "DIP_LIGHTNING_ROOT": str(workdir),
+        "WANDB_MODE": "disabled",
+        "HYDRA_FULL_ERROR": "1",
+    }
     start = time.perf_counter()
     result = subprocess.run(args, cwd=workdir, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -55,24 +61,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300, help="training steps per trial")
     parser.add_argument("--cores", default="0,1", help="CPU cores to pin both runs to (comma-separated)")
-    parser.add_argument("--sequential-threads", type=int, default=2, help="torch threads per trial in sequence")
+    parser.add_argument(
+        "--sequential-threads",
+        default="1,2",
+        help="torch threads per trial of the sequential runs (comma-separated: one run each)",
+    )
     args = parser.parse_args()
     cores = {int(c) for c in args.cores.split(",")}
     os.sched_setaffinity(0, cores)  # inherited by the launched processes and joblib's workers
     print(f"2 trials, small preset, {args.steps} steps each, pinned to cores {sorted(cores)}")
-    with tempfile.TemporaryDirectory() as sequential_dir, tempfile.TemporaryDirectory() as parallel_dir:
-        sequential = run_sweep([f"num_threads={args.sequential_threads}"], args.steps, Path(sequential_dir))
-        parallel = run_sweep(
-            ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "num_threads=1"], args.steps, Path(parallel_dir)
+    rows = []
+    for threads in (int(t) for t in args.sequential_threads.split(",")):
+        with tempfile.TemporaryDirectory() as workdir:
+            name = f"sequence (basic launcher, {threads} thread(s)/trial)"
+            rows.append((name, *run_sweep([f"num_threads={threads}"], args.steps, Path(workdir))))
+    with tempfile.TemporaryDirectory() as workdir:
+        joblib = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "num_threads=1"]
+        parallel = (
+            "parallel (joblib n_jobs=2, 1 thread/trial)",
+            *run_sweep(joblib, args.steps, Path(workdir)),
         )
-    rows = [
-        (f"sequence (basic launcher, {args.sequential_threads} threads/trial)", *sequential),
-        ("parallel (joblib n_jobs=2, 1 thread/trial)", *parallel),
-    ]
     print(f"{'':48s} {'wall s':>8s} {'training s (trial 1 + trial 2)':>32s}")
-    for name, wall, seconds in rows:
+    for name, wall, seconds in [*rows, parallel]:
         print(f"{name:48s} {wall:8.1f} {sum(seconds):12.1f} ({seconds[0]:.1f} + {seconds[1]:.1f})")
-    print(f"wall-time ratio sequence / parallel: {sequential[0] / parallel[0]:.2f}x")
+    for name, wall, _ in rows:
+        print(f"wall-time ratio {name} / parallel: {wall / parallel[1]:.2f}x")
 
 
 if __name__ == "__main__":

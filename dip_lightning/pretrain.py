@@ -36,6 +36,7 @@ from dip_lightning.models.layers import per_sample_norm
 log = logging.getLogger(__name__)
 
 SCHEDULES = ("one_cycle", "constant")
+PROGRESS_EVERY = 50
 
 
 class SupervisedPretraining(pl.LightningModule):
@@ -67,6 +68,8 @@ class SupervisedPretraining(pl.LightningModule):
         fbp, target = batch
         loss = F.mse_loss(self(fbp), target)
         self.log("pretrain/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
+        if self.global_step % PROGRESS_EVERY == 0:  # the CPU trainer shows no progress bar
+            log.info("step %d of %d: training MSE %.3g", self.global_step, self.max_steps, float(loss))
         return loss
 
     def on_validation_epoch_start(self) -> None:

@@ -7,6 +7,7 @@ what a user reads: metrics.json, reconstruction.npy and the exit status.
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -96,11 +97,16 @@ def test_wmv_stops_early_and_reports_the_output_at_the_detected_step(small_confi
     assert metrics["detected_step"] >= 9  # no score before the 10-step window is full
 
 
-def test_emv_stops_early_with_sgld(small_config, tmp_path):
-    metrics = fit(small_config, "method=sgld", *EMV, f"trainer.max_steps={MAX_STEPS}")
+def test_emv_stops_early_with_sgld_and_logs_the_detection(small_config, tmp_path):
+    metrics = fit(small_config, "method=sgld", "logger=csv", *EMV, f"trainer.max_steps={MAX_STEPS}")
     assert_reports_the_detected_output(metrics, tmp_path, "emv")
     assert_stopped_early(metrics, patience=20)
     assert metrics["detected_step"] >= 10  # scores are compared after the ceil(1/alpha) warm-up
+    # The loggers (W&B included) get the same numbers as final/<key>.
+    (metrics_csv,) = tmp_path.glob("csv/**/metrics.csv")
+    (final,) = [row for row in csv.DictReader(metrics_csv.open()) if row.get("final/detected_step")]
+    for key in DETECTION_KEYS:
+        assert float(final[f"final/{key}"]) == pytest.approx(metrics[key], abs=1e-6), key
 
 
 def test_discrepancy_stops_at_the_simulated_noise_level(small_config, tmp_path):

@@ -17,7 +17,8 @@ a fixed seed, and ends the whole sweep when one trial raises. This sweeper:
   only after ``max_consecutive_failures`` failed trials in a row (a broken setting, not a bad
   parameter value), or at once when the objective metric is missing from a finished run;
 * refuses to continue a study with different fixed overrides or search space unless
-  ``check_resume`` is false: trials of different configurations cannot be compared.
+  ``check_resume`` is false: trials of different configurations cannot be compared (overrides
+  that only change speed or logging, :data:`RESUME_IGNORED`, may differ).
 
 It assumes one sweeper process per study: trials that another live process is running would be
 re-queued. Set ``requeue_running: false`` when several sweepers share one storage.
@@ -57,6 +58,17 @@ from dip_lightning.sweeps.objective import (
 log = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+# Overrides that change how a trial runs or logs, not its result: a study may continue with others.
+RESUME_IGNORED = (
+    "num_threads",
+    "logger",
+    "wandb_group",
+    "callbacks",
+    "gpu_assignment",
+    "trainer.accelerator",
+    "trainer.devices",
+    "trainer.enable_progress_bar",
+)
 SIGNATURE_ATTR = "dip_lightning_signature"
 
 
@@ -218,8 +230,13 @@ class ResumableOptunaSweeper(OptunaSweeperImpl):
         self, objective: Objective, distributions: dict[str, BaseDistribution], fixed: dict[str, Any]
     ) -> dict[str, Any]:
         """What must not change between the runs of one study."""
+
+        def matters(key: str) -> bool:
+            name = key.lstrip("+~")
+            return not any(name == p or name.startswith(p + ".") for p in RESUME_IGNORED)
+
         return {
-            "fixed_overrides": sorted(f"{k}={v}" for k, v in fixed.items()),
+            "fixed_overrides": sorted(f"{k}={v}" for k, v in fixed.items() if matters(k)),
             "search_space": {k: repr(v) for k, v in sorted(distributions.items())},
             "objective": list(objective.names),
         }

@@ -168,6 +168,14 @@ def numeric(values: Sequence[Any]) -> bool:
     return all(isinstance(v, int | float) for v in values)
 
 
+def below(values: Sequence[float]) -> float:
+    """A height under every scored value, where the unscored jobs are drawn."""
+    if not values:
+        return 0.0
+    low, high = min(values), max(values)
+    return low - max(0.1 * (high - low), 0.05 * abs(low), 1e-3)
+
+
 def objective_vs_param(report: Report, param: str) -> Path | None:
     jobs = [j for j in report.jobs if param in j.overrides]
     if not jobs:
@@ -184,13 +192,13 @@ def objective_vs_param(report: Report, param: str) -> Path | None:
         if good:
             ax.scatter([position(x) for x, _ in good], [y for _, y in good], label="completed")
         if bad:
-            floor = min((y for _, y in good), default=0.0)
+            heights = [below([y for _, y in good])] * len(bad)
             ax.scatter(
                 [position(x) for x in bad],
-                [floor] * len(bad),
+                heights,
                 marker="x",
                 color="red",
-                label="diverged/failed",
+                label="diverged/failed (not scored)",
             )
         if categorical:
             ax.set_xticks(range(len(categories)), categories, rotation=30)
@@ -230,8 +238,7 @@ def history(report: Report) -> Path | None:
             ax.step(xs, best, where="post", label="best so far")
             drawn = True
         if bad:
-            floor = min(ys, default=0.0)
-            ax.scatter(bad, [floor] * len(bad), marker="x", color="red", label="diverged/failed/missing")
+            ax.scatter(bad, [below(ys)] * len(bad), marker="x", color="red", label="diverged/failed/missing")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("trial" if report.study is not None else "job")
         ax.set_ylabel(f"{metric} ({direction})")

@@ -69,7 +69,9 @@ class SupervisedPretraining(pl.LightningModule):
         loss = F.mse_loss(self(fbp), target)
         self.log("pretrain/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         if self.global_step % PROGRESS_EVERY == 0:  # the CPU trainer shows no progress bar
-            log.info("step %d of %d: training MSE %.3g", self.global_step, self.max_steps, float(loss))
+            log.info(
+                "step %d of %d: training MSE %.3g", self.global_step, self.max_steps, float(loss.detach())
+            )
         return loss
 
     def on_validation_epoch_start(self) -> None:

@@ -398,3 +398,19 @@ def test_bad_hyperparameters_fail_before_training(small_config, tmp_path, overri
     with pytest.raises(ConfigError, match=setting.replace(".", r"\.")):
         run(small_config(*overrides))
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_paper_table_keeps_the_sgld_schedule_inside_short_runs():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "paper_table.py"
+    spec = importlib.util.spec_from_file_location("paper_table", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.sgld_schedule(20000) == (7000, 50)
+    burn_in, sample_every = module.sgld_schedule(3000)
+    assert burn_in < 3000 and (3000 - burn_in) // sample_every >= 200
+    args = module.parse_args(["--steps", "40", "--image", "camera"])
+    overrides = module.job_overrides("sgld", args)
+    assert "trainer.max_steps=40" in overrides and "data=camera" in overrides
+    assert "method.burn_in=14" in overrides and "method.sample_every=1" in overrides

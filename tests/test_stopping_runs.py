@@ -18,6 +18,7 @@ from omegaconf import open_dict
 
 from dip_lightning.errors import ConfigError
 from dip_lightning.metrics.image import psnr
+from dip_lightning.physics.ray_transform import CACHE_ENV_VAR
 from dip_lightning.run import run
 from dip_lightning.stopping.callback import NOISE_ESTIMATED, NOISE_FROM_PROBLEM
 from tests.conftest import run_cli
@@ -107,6 +108,14 @@ def test_emv_stops_early_with_sgld_and_logs_the_detection(small_config, tmp_path
     (final,) = [row for row in csv.DictReader(metrics_csv.open()) if row.get("final/detected_step")]
     for key in DETECTION_KEYS:
         assert float(final[f"final/{key}"]) == pytest.approx(metrics[key], abs=1e-6), key
+
+
+def test_wmv_stops_early_on_ct(small_config, tmp_path, monkeypatch):
+    """Criteria only read the output and the misfit, so a sinogram task needs nothing special."""
+    monkeypatch.setenv(CACHE_ENV_VAR, str(tmp_path / "cache"))  # system matrices stay in tmp
+    metrics = fit(small_config, "task=ct", "method=dip", *WMV, f"trainer.max_steps={MAX_STEPS}")
+    assert_reports_the_detected_output(metrics, tmp_path, "wmv")
+    assert_stopped_early(metrics, patience=20)
 
 
 def test_discrepancy_stops_at_the_simulated_noise_level(small_config, tmp_path):

@@ -27,9 +27,11 @@ import argparse
 import csv
 import json
 import math
+import multiprocessing
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--angles", type=int, default=60, help="projection angles")
     parser.add_argument("--noise", type=float, default=0.05, help="relative Gaussian noise level")
     parser.add_argument("--ellipses", type=int, default=3, help="random-ellipse phantoms (seeds 0, 1, ...)")
+    parser.add_argument("--first-seed", type=int, default=0, help="seed of the first ellipse phantom")
     parser.add_argument("--no-shepp-logan", action="store_true", help="leave out the Shepp-Logan phantom")
     parser.add_argument("--steps", type=int, default=2000, help="steps of DIP, DIP+TV and MFVI+TV")
     parser.add_argument("--edip-steps", type=int, default=None, help="fine-tuning steps (default: steps / 3)")
@@ -70,7 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default="skip_light", help="model config (skip_tiny, skip_light, skip)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per job")
+    parser.add_argument("--jobs", type=int, default=1, help="images run in parallel processes")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "outputs" / "benchmarks" / "ct_table")
     parser.add_argument("--csv", type=Path, default=None, help="default: results/ct_table_<device>.csv")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job")
@@ -83,7 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def images(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     """(label, data overrides) of every test image."""
     chosen = [] if args.no_shepp_logan else [("shepp_logan", ["data=shepp_logan"])]
-    chosen += [(f"ellipses_{seed}", ["data=ellipses", f"data.seed={seed}"]) for seed in range(args.ellipses)]
+    seeds = range(args.first_seed, args.first_seed + args.ellipses)
+    chosen += [(f"ellipses_{seed}", ["data=ellipses", f"data.seed={seed}"]) for seed in seeds]
     return chosen
 
 
@@ -262,8 +267,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if "edip" in args.methods:
         checkpoint = pretrained_checkpoint(args, chosen[0][1] if chosen else [])
     rows: list[dict] = []
-    for label, data in chosen:
-        rows += run_image(args, label, data, checkpoint)
+    if args.jobs > 1 and len(chosen) > 1:
+        context = multiprocessing.get_context("spawn")  # fresh processes: no shared Hydra or torch state
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
+            futures = [pool.submit(run_image, args, label, data, checkpoint) for label, data in chosen]
+            for future in futures:
+                rows += future.result()
+    else:
+        for label, data in chosen:
+            rows += run_image(args, label, data, checkpoint)
     table = rows + mean_rows(rows)
     print(
         f"\nCT {args.size}x{args.size}, {args.angles} angles, {args.noise:.1%} noise, model {args.model}, "

@@ -27,7 +27,7 @@ from dip_lightning.priors import TotalVariation
 from dip_lightning.run import build_method, build_problem, run
 from tests.conftest import run_cli
 
-FEW_STEPS = ("trainer.max_steps=3", "trainer.check_val_every_n_epoch=3")
+FEW_STEPS = ("trainer.max_steps=3", "trainer.check_val_every_n_epoch=100")  # final evaluation only
 TINY_PRETRAINING = (
     "pretrain.num_images=4",
     "pretrain.val_images=2",

@@ -291,3 +291,26 @@ def test_bad_stopping_setting_from_the_command_line(tmp_path):
     assert result.returncode == 2
     assert "stopping.criterion.window" in result.stderr
     assert not list(tmp_path.glob("outputs/**/metrics.json"))
+
+
+def test_data_parallel_ranks_stop_together(tmp_path):
+    """Two CPU ranks see different outputs; rank zero's decision stops both, so nothing hangs."""
+    result = run_cli(
+        [
+            "trainer=ddp",
+            "trainer.devices=2",
+            "trainer.accelerator=cpu",
+            "preset=small",
+            "logger=none",
+            "num_threads=1",
+            *WMV,
+            f"trainer.max_steps={MAX_STEPS}",
+        ],
+        tmp_path,
+        timeout=420,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    (metrics_file,) = tmp_path.glob("outputs/**/metrics.json")
+    metrics = json.loads(metrics_file.read_text())
+    assert_reports_the_detected_output(metrics, metrics_file.parent, "wmv")
+    assert_stopped_early(metrics, patience=20)

@@ -26,7 +26,10 @@ from dip_lightning.physics.observation import InverseProblem
 CHECKPOINT_FORMAT = "dip_lightning.pretrained_network"
 CHECKPOINT_VERSION = 1
 SETTING = "method.checkpoint"
-PRETRAIN_HINT = "write one with `python -m dip_lightning.pretrain task=ct method.checkpoint=<path>`"
+PRETRAIN_HINT = (
+    "pretrain one with `python -m dip_lightning.pretrain task=ct` and this run's other overrides "
+    "(it writes method.checkpoint)"
+)
 _LIGHTNING_PREFIX = "net."
 _MAX_LISTED = 3
 

@@ -57,6 +57,7 @@ class SupervisedPretraining(pl.LightningModule):
         self.schedule = str(check_choice("pretrain.schedule", schedule, SCHEDULES))
         self.last_val_psnr: float | None = None
         self.last_fbp_psnr: float | None = None
+        self.last_val_step = -1
 
     def forward(self, fbp: Tensor) -> Tensor:
         # The same input as educated DIP builds from the measurement's FBP.
@@ -86,6 +87,7 @@ class SupervisedPretraining(pl.LightningModule):
         network = torch.cat([v[0].reshape(-1) for v in self._val]).mean()
         fbp = torch.cat([v[1].reshape(-1) for v in self._val]).mean()
         self.last_val_psnr, self.last_fbp_psnr = float(network), float(fbp)
+        self.last_val_step = self.global_step
         self.log("pretrain/val_psnr", network)
         self.log("pretrain/val_fbp_psnr", fbp)
         log.info("step %d: validation PSNR %.2f dB (FBP %.2f dB)", self.global_step, network, fbp)
@@ -164,7 +166,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     if trainer.global_rank != 0:
         return {}
-    if not interrupted or trainer.global_step > 0:
+    if module.last_val_step != trainer.global_step:  # score the weights that are saved
         trainer.validate(module, datamodule=data, verbose=False)
     summary = {
         "steps": int(trainer.global_step),

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from dip_lightning.sweeps.collect import (
     Job,
@@ -176,6 +176,16 @@ def below(values: Sequence[float]) -> float:
     return low - max(0.1 * (high - low), 0.05 * abs(low), 1e-3)
 
 
+def log_scale(report: Report, param: str, values: Sequence[float]) -> bool:
+    """Log axis for a parameter Optuna sampled on a log scale, or positive values over a decade."""
+    if report.study is not None:
+        for trial in report.study.trials:
+            distribution = trial.distributions.get(param)
+            if distribution is not None:
+                return "Log" in type(distribution).__name__
+    return all(x > 0 for x in values) and max(values) / min(values) >= 10
+
+
 def objective_vs_param(report: Report, param: str) -> Path | None:
     jobs = [j for j in report.jobs if param in j.overrides]
     if not jobs:
@@ -202,8 +212,11 @@ def objective_vs_param(report: Report, param: str) -> Path | None:
             )
         if categorical:
             ax.set_xticks(range(len(categories)), categories, rotation=30)
-        elif all(x > 0 for x in xs_all) and max(xs_all) / min(xs_all) >= 20:
+        elif log_scale(report, param, xs_all):
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(param)
         ax.set_ylabel(f"{metric} ({direction})")
         ax.grid(True, alpha=0.3)

@@ -10,8 +10,8 @@ run of its own, so one training run per case measures all of them. The gap of a 
 that of the output at the detected step (the reconstruction the criterion reports).
 
 Prints a Markdown table (per case and the mean per criterion) and writes the CSV. At the defaults
-(64x64 images, the tiny test network, 2000 steps, one thread) it takes about 10 to 20 minutes on
-two shared CPU cores:
+(64x64 images, the tiny test network, 2000 steps, one thread) it took 22 minutes on two busy
+shared CPU cores (one case needs about 70 s of CPU time):
 
     python benchmarks/stopping_gap.py [--steps 2000] [--patience 1000] [--size 64]
         [--images camera,ct_small,mr_small] [--sigmas 0.1,0.2] [--model skip_tiny]

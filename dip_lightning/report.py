@@ -397,11 +397,11 @@ def markdown(report: Report, images: list[Path]) -> str:
             }.get(job.status, "")
             lines.append(f"- job `{job.name}`: {job.status}. {reason}".rstrip())
     if report.groups:
-        group_keys = sorted({k for g in report.groups for k in g.params if k in params} or {"(all)"})
+        group_keys = sorted({k for g in report.groups for k in g.params if k in params}) or ["jobs"]
         header = [*group_keys, "seeds", *[m for m in metrics if any(m in g.stats for g in report.groups)]]
         rows = []
         for group in report.groups:
-            row: list[Any] = [group.params.get(k, "") for k in group_keys] + [len(group.jobs)]
+            row: list[Any] = [group.params.get(k, "all") for k in group_keys] + [len(group.jobs)]
             for m in header[len(group_keys) + 1 :]:
                 mean, std, _ = group.stats.get(m, (None, None, 0))
                 row.append("" if mean is None else f"{fmt(mean)} ± {fmt(std)}")

@@ -277,9 +277,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for label, data in chosen:
             rows += run_image(args, label, data, checkpoint)
     table = rows + mean_rows(rows)
+    pretraining = (
+        f"pretrained network {args.checkpoint}"
+        if args.checkpoint is not None
+        else f"pretraining {args.pretrain_steps} steps x {args.pretrain_batch} images"
+    )
     print(
         f"\nCT {args.size}x{args.size}, {args.angles} angles, {args.noise:.1%} noise, model {args.model}, "
-        f"{args.steps} steps (EDIP {args.edip_steps}, pretraining {args.pretrain_steps} x {args.pretrain_batch})\n"
+        f"{args.steps} steps (EDIP {args.edip_steps}, {pretraining})\n"
     )
     print(markdown(table))
     print("\n" + "\n".join(goals(rows, args)))

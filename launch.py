@@ -4,6 +4,10 @@ Returns the configured objective to Hydra so that sweepers (Optuna) can optimise
 run, errors a user can fix (a bad setting, an unreadable file) are printed as one paragraph with
 exit status 2. In a multirun (`-m`), a failed trial is recorded in its metrics.json (status
 "failed") and scores the finite penalty, so the other trials of the sweep still run.
+
+Ctrl-C (SIGINT) or SIGTERM stops a run at the next step boundary; its results and a resumable
+checkpoint are written, then the process exits with 128 + the signal number: 130 for Ctrl-C, 143
+for SIGTERM (a sweep stops after the interrupted trial). See docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from dip_lightning import interrupt
 from dip_lightning.errors import DipError
 
 
@@ -39,4 +44,9 @@ if __name__ == "__main__":
     if is_helper_rank():
         # Hydra would write this process's log file into rank zero's run directory; log to stdout.
         sys.argv.append("hydra/job_logging=stdout")
-    main()
+    interrupt.install()
+    try:
+        main()
+    except KeyboardInterrupt:
+        print(f"{interrupt.describe()}; exit status {interrupt.exit_status()}.", file=sys.stderr, flush=True)
+        sys.exit(interrupt.exit_status())

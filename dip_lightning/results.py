@@ -158,8 +158,12 @@ def finalise(
     status: str,
     reason: str,
     seconds: float,
+    extra_metrics: dict[str, Any] | None = None,
 ) -> RunResult:
-    """Evaluate, write every output file, log the final numbers and print the summary."""
+    """Evaluate, write every output file, log the final numbers and print the summary.
+
+    ``extra_metrics`` (e.g. where the checkpoint is) go into metrics.json as they are.
+    """
     problem = problem.to(method.device)
     prediction, source = choose_prediction(method, stopping, status)
     metrics: dict[str, Any] = {
@@ -179,6 +183,7 @@ def finalise(
     metrics.update(detection_metrics(stopping, problem, peak))
     baseline, base_metrics = baseline_metrics(problem)
     metrics.update(base_metrics)
+    metrics.update(extra_metrics or {})
 
     prediction = prediction.detach_cpu()
     files = save_image(output_dir, "reconstruction", prediction.mean)

@@ -1,8 +1,9 @@
 """One job: build the problem and the method from the config, fit, evaluate, save, return the objective.
 
-Everything that can be checked cheaply (files, sizes, settings) is built and validated before the
-first training step, so bad input fails in seconds. Whatever happens during training (divergence,
-Ctrl-C), the best result so far is written and the W&B run is finished.
+Everything that can be checked cheaply (files, sizes, settings, the checkpoint to resume from) is
+built and validated before the first training step, so bad input fails in seconds. Whatever happens
+during training (divergence, Ctrl-C, SIGTERM), the best result so far is written, a checkpoint is
+kept and the W&B run is finished; see docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from dip_lightning import interrupt
+from dip_lightning.checkpointing import CHECKPOINT_DIR, StepCheckpoint, prepare_resume
 from dip_lightning.config import build
 from dip_lightning.data.datamodule import SingleObservationDataModule
 from dip_lightning.data.io import fit_size
@@ -28,8 +32,9 @@ from dip_lightning.methods.base import DeepImagePrior
 from dip_lightning.physics.holdout import hold_out
 from dip_lightning.physics.observation import InverseProblem, make_observation
 from dip_lightning.results import RunResult, finalise
+from dip_lightning.run_settings import check_run_settings, trainer_error
 from dip_lightning.stopping.callback import EarlyStopping
-from dip_lightning.tracking.wandb_setup import finish_wandb, prepare_wandb_kwargs
+from dip_lightning.tracking.wandb_setup import finish_wandb, make_wandb_logger, prepare_wandb_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -115,18 +120,47 @@ def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Any]:
             kwargs["save_dir"] = str(output_dir)
             kwargs["config"] = OmegaConf.to_container(cfg, resolve=True)
             kwargs.pop("_target_", None)
-            from pytorch_lightning.loggers import WandbLogger
-
-            loggers.append(WandbLogger(**kwargs))
+            wandb_logger = make_wandb_logger(kwargs)
+            if wandb_logger is not None:
+                loggers.append(wandb_logger)
             continue
         loggers.append(build(logger_cfg, save_dir=str(output_dir)))
     return loggers
 
 
-def build_callbacks(cfg: DictConfig) -> tuple[list[pl.Callback], EarlyStopping]:
+def build_callbacks(cfg: DictConfig, output_dir: Path) -> tuple[list[pl.Callback], EarlyStopping]:
+    """The configured callbacks, the stopping rule, then the two that act at the step boundary.
+
+    Their order matters: the signal check and the checkpoint come last, so that a checkpoint
+    holds a step every other callback has finished with.
+    """
     stopping = EarlyStopping(build(cfg.stopping.criterion))
     callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
-    return [*callbacks, stopping], stopping
+    checkpoint = StepCheckpoint(output_dir / CHECKPOINT_DIR, **(cfg.get("checkpoint") or {}))
+    return [*callbacks, stopping, interrupt.StopOnSignal(), checkpoint], stopping
+
+
+def build_trainer(cfg: DictConfig, loggers: list[Any], callbacks: list[pl.Callback]) -> pl.Trainer:
+    """The Lightning trainer; a setting it refuses is reported as that setting's error."""
+    try:
+        return build(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    except InstantiationException as error:
+        readable = trainer_error(error, cfg.trainer)
+        if readable is None:
+            raise
+        raise readable from None
+
+
+def find_callback(trainer: pl.Trainer, kind: type) -> Any:
+    return next((c for c in trainer.callbacks if isinstance(c, kind)), None)
+
+
+def checkpoint_metrics(trainer: pl.Trainer) -> dict[str, Any]:
+    """Where the resumable checkpoint is and which step it holds (for metrics.json)."""
+    saver = find_callback(trainer, StepCheckpoint)
+    if saver is None or not saver.path.is_file():
+        return {}
+    return {"checkpoint": str(saver.path), "checkpoint_step": saver.saved_step}
 
 
 def objective_value(cfg: DictConfig, result: RunResult) -> float | tuple[float, ...]:
@@ -146,8 +180,15 @@ def objective_value(cfg: DictConfig, result: RunResult) -> float | tuple[float, 
 
 
 def run(cfg: DictConfig) -> float | tuple[float, ...]:
-    """Run one job end to end and return its objective value."""
+    """Run one job end to end and return its objective value.
+
+    An interrupted run (Ctrl-C, SIGTERM) writes its results and checkpoint, then raises
+    KeyboardInterrupt so that the command line exits with 128 + the signal number and a sweep
+    stops; a diverged run returns the penalty.
+    """
     quiet_third_party_logs()
+    interrupt.reset()
+    check_run_settings(cfg)
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -156,33 +197,67 @@ def run(cfg: DictConfig) -> float | tuple[float, ...]:
 
     problem = build_problem(cfg)
     method = build_method(cfg, problem)
-    callbacks, stopping = build_callbacks(cfg)
+    resume_from = prepare_resume(cfg.get("ckpt_path"), method)
+    callbacks, stopping = build_callbacks(cfg, output_dir)
     loggers = build_loggers(cfg, output_dir)
-    trainer: pl.Trainer = build(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    try:
+        trainer = build_trainer(cfg, loggers, callbacks)
+    except Exception:
+        finish_wandb(exit_code=1)
+        raise
 
+    with interrupt.phase(interrupt.Phase.DEFERRED):
+        status, reason, seconds = fit(trainer, method, resume_from)
+        if trainer.global_rank != 0:
+            # A data-parallel helper rank only trains: rank zero evaluates, writes the files and logs.
+            if status == STATUS_INTERRUPTED:
+                raise KeyboardInterrupt
+            return objective_value(cfg, RunResult(status=status, metrics={}, output_dir=output_dir))
+        try:
+            result = finalise(
+                method,
+                problem,
+                stopping,
+                trainer,
+                output_dir,
+                cfg,
+                status=status,
+                reason=reason,
+                seconds=seconds,
+                extra_metrics=checkpoint_metrics(trainer),
+            )
+        finally:
+            finish_wandb(exit_code=0 if status == STATUS_COMPLETED else 1)
+    if status == STATUS_INTERRUPTED or interrupt.requested():
+        raise KeyboardInterrupt(interrupt.describe())
+    return objective_value(cfg, result)
+
+
+def fit(trainer: pl.Trainer, method: DeepImagePrior, resume_from: Path | None) -> tuple[str, str, float]:
+    """Train, stopping at a step boundary on a signal; return the status, its reason and the time."""
     status, reason = STATUS_COMPLETED, ""
     start = time.perf_counter()
     try:
-        trainer.fit(method, datamodule=SingleObservationDataModule())
+        with interrupt.phase(interrupt.Phase.STEP_BOUNDARY):
+            trainer.fit(
+                method,
+                datamodule=SingleObservationDataModule(),
+                ckpt_path=str(resume_from) if resume_from else None,
+                weights_only=True,
+            )
     except DivergenceError as error:
         status, reason = STATUS_DIVERGED, str(error)
         log.error("%s Keeping the best result so far.", error)
     except (KeyboardInterrupt, SystemExit) as error:
         if isinstance(error, SystemExit) and not trainer.interrupted:
             raise
-        status, reason = STATUS_INTERRUPTED, "interrupted by the user"
-    seconds = time.perf_counter() - start
-    if trainer.global_rank != 0:
-        # A data-parallel helper rank only trains: rank zero evaluates, writes the files and logs.
-        if status == STATUS_INTERRUPTED:
-            raise KeyboardInterrupt
-        return objective_value(cfg, RunResult(status=status, metrics={}, output_dir=output_dir))
-    try:
-        result = finalise(
-            method, problem, stopping, trainer, output_dir, cfg, status=status, reason=reason, seconds=seconds
-        )
-    finally:
-        finish_wandb(exit_code=0 if status == STATUS_COMPLETED else 1)
+        status = STATUS_INTERRUPTED
+    stopper = find_callback(trainer, interrupt.StopOnSignal)
+    if stopper is not None and stopper.stopped_at is not None:
+        status = STATUS_INTERRUPTED
     if status == STATUS_INTERRUPTED:
-        raise KeyboardInterrupt
-    return objective_value(cfg, result)
+        reason = f"{interrupt.describe()} at step {trainer.global_step}"
+        saver = find_callback(trainer, StepCheckpoint)
+        if saver is not None and saver.saved_step is not None:
+            reason += f"; resume with ckpt_path={saver.path.parent.parent}"
+    return status, reason, time.perf_counter() - start

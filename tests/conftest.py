@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
+from dip_lightning import interrupt
 from dip_lightning.config import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,8 +30,20 @@ def small_config(tmp_path):
     return make
 
 
-def run_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run `python launch.py <args>` with outputs under ``cwd``."""
+@pytest.fixture
+def signal_handlers():
+    """The command line's SIGINT/SIGTERM handling in this process, undone afterwards."""
+    saved = {signum: signal.getsignal(signum) for signum in interrupt.HANDLED_SIGNALS}
+    interrupt.reset()
+    interrupt.install()
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+    interrupt.reset()
+
+
+def cli_env(cwd: Path) -> dict[str, str]:
+    """The environment of a `launch.py` subprocess writing under ``cwd``, W&B offline."""
     env = dict(os.environ)
     env.update(
         {
@@ -40,10 +54,15 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.Comple
             "HYDRA_FULL_ERROR": "0",
         }
     )
+    return env
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `python launch.py <args>` with outputs under ``cwd``."""
     return subprocess.run(
         [sys.executable, str(ROOT / "launch.py"), *args],
         cwd=cwd,
-        env=env,
+        env=cli_env(cwd),
         capture_output=True,
         text=True,
         timeout=timeout,

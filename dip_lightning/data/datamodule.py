@@ -22,11 +22,18 @@ class SingleItem(Dataset):
         return torch.zeros(())
 
 
+def single_item_loader() -> DataLoader:
+    """A loader with its own generator: creating its iterator (every step) draws a seed, which
+    must not come from the global stream the training noise uses, or a resumed run would draw
+    different noise from the run it continues."""
+    return DataLoader(SingleItem(), batch_size=1, num_workers=0, generator=torch.Generator())
+
+
 class SingleObservationDataModule(pl.LightningDataModule):
     """Train and validation loaders of one item each, no workers (they would only add latency)."""
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(SingleItem(), batch_size=1, num_workers=0)
+        return single_item_loader()
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(SingleItem(), batch_size=1, num_workers=0)
+        return single_item_loader()

@@ -27,6 +27,7 @@ from dip_lightning.errors import (
     check_in_range,
     check_positive,
 )
+from dip_lightning.methods import resume_state
 from dip_lightning.methods.network_input import make_network_input, perturb
 from dip_lightning.methods.prediction import Prediction
 from dip_lightning.metrics.image import fast_psnr
@@ -65,8 +66,8 @@ def check_optimizer(optimizer: OptimizerFactory) -> None:
     for name in ("lr", "weight_decay"):
         if keywords and name in keywords and keywords[name] is not None:
             value = keywords[name]
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                raise ConfigError(f"method.optimizer.{name}", value, "must be a number >= 0")
+            if not isinstance(value, int | float) or isinstance(value, bool) or math.isinf(value):
+                raise ConfigError(f"method.optimizer.{name}", value, "must be a finite number >= 0")
             check_positive(f"method.optimizer.{name}", float(value), allow_zero=True)
 
 
@@ -130,6 +131,7 @@ class DeepImagePrior(pl.LightningModule):
         self.latest_psnr: Tensor | None = None
         self.ema: ExponentialMovingAverage | None = None
         self.validation_history: list[dict[str, float]] = []
+        self.resumed_record: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ set-up
     @property
@@ -182,6 +184,18 @@ class DeepImagePrior(pl.LightningModule):
             log.info(
                 "data-parallel rank %d of %d: training noise seeded with %d", rank, world_size, noise_seed
             )
+
+    def on_train_start(self) -> None:
+        if self.resumed_record is not None:
+            resume_state.restore(self, self.resumed_record)
+            self.resumed_record = None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[resume_state.KEY] = resume_state.capture(self)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Applied in on_train_start: on the training device, after on_fit_start seeded the noise.
+        self.resumed_record = checkpoint.get(resume_state.KEY)
 
     def on_train_end(self) -> None:
         world_size = self.trainer.world_size

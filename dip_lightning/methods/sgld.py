@@ -85,6 +85,7 @@ class SGLDDIP(DeepImagePrior):
         self.samples = RunningMoments()
         self._noisy: list[nn.Parameter] | None = None
         self._generator: torch.Generator | None = None
+        self._generator_state: torch.Tensor | None = None
 
     def attach(self, problem):  # type: ignore[override]
         super().attach(problem)
@@ -109,6 +110,9 @@ class SGLDDIP(DeepImagePrior):
         if self._generator is None or self._generator.device != device:
             self._generator = torch.Generator(device=device)
             self._generator.manual_seed(self.seed * RANK_SEED_STRIDE + LANGEVIN_SEED_OFFSET)
+            if self._generator_state is not None:  # a resumed run continues the saved stream
+                self._generator.set_state(self._generator_state.cpu())
+                self._generator_state = None
         return self._generator
 
     def noise_std(self, optimizer: torch.optim.Optimizer) -> float:
@@ -146,8 +150,13 @@ class SGLDDIP(DeepImagePrior):
         )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["sgld_samples"] = self.samples.state_dict()
+        if self._generator is not None:
+            checkpoint["sgld_generator"] = self._generator.get_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         if "sgld_samples" in checkpoint:
             self.samples.load_state_dict(checkpoint["sgld_samples"])
+        self._generator_state = checkpoint.get("sgld_generator")

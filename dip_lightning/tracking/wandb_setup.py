@@ -1,18 +1,25 @@
 """Weights & Biases set-up that never kills a run.
 
-Offline mode is the default and needs no account; online mode without an API key falls back to
-offline with a warning. Every job finishes its W&B run so that the jobs of a multirun each get
-their own run (Lightning's logger would otherwise reuse the first one).
+Offline mode is the default and needs no account; online mode without an API key, or without a
+connection to the W&B server, falls back to offline with a warning, and a W&B run that cannot be
+started at all costs a warning, not the run. Every job finishes its W&B run so that the jobs of a
+multirun each get their own run (Lightning's logger would otherwise reuse the first one).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import warnings
 from typing import Any
+from urllib.parse import urlparse
 
 log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+PROBE_TIMEOUT_S = 3.0
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
 def has_wandb_key() -> bool:
@@ -27,8 +34,28 @@ def has_wandb_key() -> bool:
         return False
 
 
+SYNC_HINT = "Upload later with `wandb sync <run dir>/wandb/offline-run-*`."
+
+
+def server_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to the W&B server (``WANDB_BASE_URL``) opens within ``timeout``.
+
+    Behind a proxy the server cannot be probed directly; the answer is then yes and a failing
+    start is caught by :func:`make_wandb_logger`.
+    """
+    if any(os.environ.get(name) for name in PROXY_VARIABLES):
+        return True
+    url = urlparse(os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def resolve_offline(offline: bool) -> bool:
-    """Return the mode to use: online only when asked for and a key exists."""
+    """Return the mode to use: online only when asked for, a key exists and the server answers."""
     if offline:
         return True
     if os.environ.get("WANDB_MODE") in {"offline", "disabled"}:
@@ -36,7 +63,15 @@ def resolve_offline(offline: bool) -> bool:
     if not has_wandb_key():
         warnings.warn(
             "logger.wandb.offline=false but no W&B API key was found (WANDB_API_KEY or `wandb login`); "
-            "logging offline instead. Upload later with `wandb sync <run dir>/wandb/offline-run-*`.",
+            f"logging offline instead. {SYNC_HINT}",
+            stacklevel=2,
+        )
+        return True
+    if not server_reachable():
+        server = os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL
+        warnings.warn(
+            f"logger.wandb.offline=false but the W&B server {server} cannot be reached; logging offline "
+            f"instead. {SYNC_HINT}",
             stacklevel=2,
         )
         return True
@@ -62,6 +97,30 @@ def wandb_run_dir() -> str | None:
         return None if wandb.run is None else str(wandb.run.dir)
     except Exception:
         return None
+
+
+def make_wandb_logger(kwargs: dict[str, Any]) -> Any:
+    """A started WandbLogger, falling back to offline and then to none: W&B never ends a run.
+
+    The W&B run is started here, before training, so that a failure (a rejected key, a server
+    that stops answering, an unwritable directory) is handled once, with a warning.
+    """
+    from pytorch_lightning.loggers import WandbLogger
+
+    attempts = [kwargs] if kwargs.get("offline") else [kwargs, {**kwargs, "offline": True}]
+    for attempt in attempts:
+        try:
+            logger = WandbLogger(**attempt)
+            _ = logger.experiment
+            return logger
+        except Exception as error:
+            finish_wandb(exit_code=1)
+            mode = "offline" if attempt.get("offline") else "online"
+            then = "trying offline" if attempt is not attempts[-1] else "going on without W&B logging"
+            warnings.warn(f"Could not start the W&B run {mode} ({error}); {then}.", stacklevel=2)
+            if not attempt.get("offline"):
+                os.environ["WANDB_MODE"] = "offline"
+    return None
 
 
 def prepare_wandb_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:

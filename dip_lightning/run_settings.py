@@ -1,0 +1,60 @@
+"""Checks of the run-level settings (seeds, threads, step counts, checkpoints), before any work.
+
+The settings of the data, operator, noise, model and method are checked where they are used,
+when those objects are built. What is left are the top-level keys and the trainer's counters,
+which torch and Lightning reject late (inside ``fit``) or not at all (``max_steps=0`` would report
+an untrained network as a result), each with a message that does not name the setting.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig
+
+from dip_lightning.errors import ConfigError
+
+
+def check_integer(setting: str, value: Any, minimum: int, *, extra: str = "") -> int:
+    """Return ``value`` as an int if it is an integer >= ``minimum`` (or -1 when ``extra`` allows it)."""
+    allowed = f"must be an integer >= {minimum}{extra}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(setting, value, allowed)
+    if value < minimum and not (extra and value == -1):
+        raise ConfigError(setting, value, allowed)
+    return int(value)
+
+
+def check_run_settings(cfg: DictConfig) -> None:
+    """Raise ConfigError for a top-level or trainer setting no run can use."""
+    check_integer("seed", cfg.get("seed"), 0)
+    check_integer("observation_seed", cfg.get("observation_seed"), 0)
+    if cfg.get("num_threads") is not None:
+        check_integer("num_threads", cfg.num_threads, 1, extra=" or null (torch's default)")
+    trainer = cfg.get("trainer") or {}
+    if "max_steps" in trainer:
+        check_integer(
+            "trainer.max_steps", trainer.max_steps, 1, extra=" or -1 (no limit: a stopping rule ends the run)"
+        )
+    if trainer.get("check_val_every_n_epoch") is not None:
+        check_integer("trainer.check_val_every_n_epoch", trainer.check_val_every_n_epoch, 1)
+    checkpoint = cfg.get("checkpoint") or {}
+    if "every_n_steps" in checkpoint:
+        check_integer("checkpoint.every_n_steps", checkpoint.every_n_steps, 0)
+
+
+def trainer_error(error: InstantiationException, trainer_cfg: DictConfig) -> ConfigError | None:
+    """Lightning's refusal of a trainer setting as a ConfigError naming ``trainer.<key>``, if it names one."""
+    cause = error.__cause__
+    if cause is None:
+        return None
+    message = str(cause).strip()
+    keys = sorted((k for k in trainer_cfg if k != "_target_"), key=len, reverse=True)
+    for key in keys:
+        if re.search(rf"\b{re.escape(key)}\b", message, flags=re.IGNORECASE):
+            return ConfigError(
+                f"trainer.{key}", trainer_cfg.get(key), f"Lightning does not accept it ({message})"
+            )
+    return None

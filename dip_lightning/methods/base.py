@@ -34,6 +34,7 @@ from dip_lightning.metrics.image import fast_psnr
 from dip_lightning.metrics.running import ExponentialMovingAverage
 from dip_lightning.models.layers import per_sample_norm
 from dip_lightning.physics.observation import InverseProblem
+from dip_lightning.tracking.step_logging import logs_this_step
 
 log = logging.getLogger(__name__)
 
@@ -246,20 +247,26 @@ class DeepImagePrior(pl.LightningModule):
         z = perturb(self.net_input, float(self.input_settings["perturbation_std"]))
         image, log_precision = self(z)
         loss = self.data_fidelity(image, log_precision)
-        self.log("train/data_fidelity", loss.detach(), on_step=True, on_epoch=False)
+        self.log_step("train/data_fidelity", loss.detach())
         if self.image_prior is not None:
             regulariser = self.image_prior(image)
-            self.log("train/image_prior", regulariser.detach(), on_step=True, on_epoch=False)
+            self.log_step("train/image_prior", regulariser.detach())
             loss = loss + regulariser
         extra = self.extra_loss()
         if extra is not None:
-            self.log("train/weight_prior", extra.detach(), on_step=True, on_epoch=False)
+            self.log_step("train/weight_prior", extra.detach())
             loss = loss + extra
         if self.global_step % self.divergence_check_every == 0 and not torch.isfinite(loss):
             raise DivergenceError(self.global_step, "loss")
-        self.log("train/loss", loss.detach(), on_step=True, on_epoch=False)
+        self.log_step("train/loss", loss.detach())
         self.track_output(image.detach())
         return loss
+
+    def log_step(self, name: str, value: Tensor) -> None:
+        """Log a per-step scalar, only on the steps whose values reach the loggers (see
+        :func:`~dip_lightning.tracking.step_logging.logs_this_step`)."""
+        if logs_this_step(self._trainer):
+            self.log(name, value, on_step=True, on_epoch=False)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         if self.grad_clip > 0:
@@ -273,7 +280,7 @@ class DeepImagePrior(pl.LightningModule):
         self.latest_misfit = torch.linalg.vector_norm(problem.operator(image) - problem.observation)
         self.ema.update(image)
         ema = self.ema.value
-        self.log("train/misfit", self.latest_misfit, on_step=True, on_epoch=False)
+        self.log_step("train/misfit", self.latest_misfit)
         if problem.ground_truth is None:
             self.latest_psnr = None
             return
@@ -287,8 +294,8 @@ class DeepImagePrior(pl.LightningModule):
         self.peak_ema_psnr.copy_(torch.maximum(ema_psnr, self.peak_ema_psnr))
         self.psnr_history.append(psnr)
         self.ema_psnr_history.append(ema_psnr)
-        self.log("train/psnr", psnr, on_step=True, on_epoch=False)
-        self.log("train/psnr_ema", ema_psnr, on_step=True, on_epoch=False)
+        self.log_step("train/psnr", psnr)
+        self.log_step("train/psnr_ema", ema_psnr)
 
     def psnr_curves(self) -> dict[str, Any]:
         """The curves of ``curves.json``: PSNR of the output and of its EMA at every step (one host

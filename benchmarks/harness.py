@@ -1,0 +1,274 @@
+"""Measuring training steps: time per step, peak memory, FLOPs, the device's peak, and the tables.
+
+The platform is measured through its real job (``dip_lightning.run.run``: loggers, callbacks,
+stopping rule, checkpointing as configured) with a :class:`StepTimer` callback added through the
+config; the timer ends the job after the last step, so evaluation and file writing (done once per
+run, not per step) stay out of the numbers. The plain reference loop (``reference_loops``) is timed
+the same way: from the start of step ``warmup`` to the start of the last step.
+"""
+
+from __future__ import annotations
+
+import csv
+import ctypes
+import gc
+import math
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from dip_lightning.config import compose_config
+from dip_lightning.run import build_method, build_problem, run
+from dip_lightning.tracking.wandb_setup import finish_wandb
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+MIB = 2.0**20
+
+
+@dataclass
+class Measurement:
+    """One timed run: mean ms per step after the warm-up, peak memory above the start, final PSNR
+    and, for the plain loop, the FLOPs of one step."""
+
+    ms_per_step: float
+    peak_mib: float
+    psnr: float
+    flops: float = math.nan
+
+
+class MemoryProbe:
+    """Peak memory used between ``reset`` and ``peak_mib``.
+
+    CUDA: the caching allocator's peak (``torch.cuda.max_memory_allocated``) above what was
+    allocated at the reset. CPU: the process's peak resident set (Linux ``VmHWM``, reset through
+    ``/proc/self/clear_refs``) above the resident set at the reset, after handing freed heap
+    memory back to the system so that it is not silently reused.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.start = 0.0
+
+    def reset(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device)
+            return
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+        self.start = _proc_status_bytes("VmRSS")
+
+    def peak_mib(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return (torch.cuda.max_memory_allocated(self.device) - self.start) / MIB
+        return max(_proc_status_bytes("VmHWM") - self.start, 0.0) / MIB
+
+
+def _proc_status_bytes(field: str) -> float:
+    """A size field of /proc/self/status in bytes (NaN where there is no such file)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return float(line.split()[1]) * 1024.0
+    except OSError:
+        pass
+    return math.nan
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def per_step_ms(times: Sequence[float], warmup: int) -> float:
+    """Mean ms per step from the start of step ``warmup`` to the start of the last step."""
+    if len(times) < warmup + 2:
+        raise ValueError(f"need at least {warmup + 2} steps to time, got {len(times)}")
+    return 1000.0 * (times[-1] - times[warmup]) / (len(times) - 1 - warmup)
+
+
+class TimingDone(Exception):
+    """Raised by StepTimer after the last step to end the job before its evaluation."""
+
+
+class StepTimer(pl.Callback):
+    """Times the steps of a platform run and its peak memory, then ends the job.
+
+    Added to a job as ``+callbacks.step_timer._target_=benchmarks.harness.StepTimer``; the finished
+    timer is left in ``StepTimer.finished`` for the benchmark to read. On a GPU the device is
+    synchronised only at the two boundary steps, so the loop runs as asynchronously as it would.
+    """
+
+    finished: ClassVar[StepTimer | None] = None
+
+    def __init__(self, warmup: int = 5) -> None:
+        self.warmup = int(warmup)
+        self.times: list[float] = []
+        self.probe: MemoryProbe | None = None
+        self.psnr = math.nan
+        self.peak = math.nan
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for logger in trainer.loggers:  # create W&B / CSV writers now, not inside the timed steps
+            _ = logger.experiment
+        self.probe = MemoryProbe(pl_module.device)
+        self.probe.reset()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if len(self.times) in (self.warmup, trainer.max_steps - 1):
+            synchronize(pl_module.device)
+        self.times.append(time.perf_counter())
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert self.probe is not None
+        self.peak = self.probe.peak_mib()
+        history = getattr(pl_module, "ema_psnr_history", None)
+        if history:
+            self.psnr = float(history[-1])
+        StepTimer.finished = self
+        raise TimingDone
+
+
+def platform_measure(overrides: Sequence[str], steps: int, warmup: int) -> Measurement:
+    """Time ``steps`` steps of the platform's job composed from ``overrides``."""
+    StepTimer.finished = None
+    timer = [
+        "+callbacks.step_timer._target_=benchmarks.harness.StepTimer",
+        f"+callbacks.step_timer.warmup={warmup}",
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose_config([*overrides, *timer, f"trainer.max_steps={steps}"], tmp)
+        try:
+            run(cfg)
+        except TimingDone:
+            pass
+        finally:
+            finish_wandb()
+    done = StepTimer.finished
+    if done is None:
+        raise RuntimeError("the platform run ended before its last step")
+    return Measurement(per_step_ms(done.times, warmup), done.peak, done.psnr)
+
+
+def build_reference(
+    overrides: Sequence[str], device: torch.device
+) -> tuple[Any, Any, torch.nn.Module, torch.Tensor]:
+    """Config, problem, network and input of a job, as the platform builds them, on ``device``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose_config(list(overrides), tmp)
+    pl.seed_everything(int(cfg.seed), verbose=False)
+    problem = build_problem(cfg)
+    method = build_method(cfg, problem)
+    return cfg, problem.to(device), method.net.to(device), method.net_input.to(device)
+
+
+def reference_measure(
+    overrides: Sequence[str], steps: int, warmup: int, device: torch.device, variant: str = "fp32"
+) -> Measurement:
+    """Time ``steps`` steps of the plain PyTorch loop of the same job.
+
+    The first (untimed) step runs under ``FlopCounterMode`` to count the FLOPs of a step (forward,
+    loss and backward; the optimiser's elementwise updates are not counted), except for compiled
+    networks, which the counter cannot see into.
+    """
+    from benchmarks.reference_loops import final_psnr, make_reference_step
+
+    if warmup < 1:
+        raise ValueError("the plain loop needs at least one warm-up step (it counts FLOPs there)")
+    cfg, problem, net, z = build_reference(overrides, device)
+    step, state = make_reference_step(cfg, problem, net, z, variant)
+    probe = MemoryProbe(device)
+    probe.reset()
+    flops = math.nan
+    times = []
+    for index in range(steps):
+        if index in (warmup, steps - 1):
+            synchronize(device)
+        times.append(time.perf_counter())
+        if index == 0 and variant != "compile":
+            with FlopCounterMode(display=False) as counter:
+                step()
+            flops = float(counter.get_total_flops())
+        else:
+            step()
+    return Measurement(per_step_ms(times, warmup), probe.peak_mib(), final_psnr(state), flops)
+
+
+def flops_per_step(overrides: Sequence[str], device: torch.device) -> float:
+    """FLOPs of one eager fp32 training step of the plain loop (see ``reference_measure``)."""
+    return reference_measure(overrides, 2, 1, device).flops
+
+
+def measured_peak_gflops(device: torch.device, dtype: torch.dtype = torch.float32, repeats: int = 5) -> float:
+    """Best dense matrix-multiply throughput in GFLOP/s: the practical peak of the device."""
+    n = 4096 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = math.inf
+    for _ in range(repeats + 1):
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        synchronize(device)
+        best = min(best, (time.perf_counter() - start) / 4)
+    return 2.0 * n**3 / best / 1e9
+
+
+def interleaved(
+    measurers: dict[str, Callable[[], Measurement]], repeats: int
+) -> dict[str, list[Measurement]]:
+    """Run every measurer ``repeats`` times, alternating between them so machine noise hits all."""
+    results: dict[str, list[Measurement]] = {name: [] for name in measurers}
+    for repeat in range(repeats):
+        names = list(measurers)
+        if repeat % 2:
+            names.reverse()
+        for name in names:
+            results[name].append(measurers[name]())
+    return results
+
+
+def median(values: Sequence[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return statistics.median(finite) if finite else math.nan
+
+
+def markdown(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A Markdown table of ``rows`` (floats with 3 significant decimals)."""
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            if math.isnan(value):
+                return "-"
+            return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    return path

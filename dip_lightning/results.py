@@ -42,20 +42,41 @@ def is_image_shaped(problem: InverseProblem) -> bool:
 def choose_prediction(method: DeepImagePrior, stopping: EarlyStopping, status: str) -> tuple[Prediction, str]:
     """The prediction the run reports, and where it came from.
 
-    A diverged network cannot be sampled: the output EMA (updated only with finite outputs) is
-    reported. A stopping criterion's detected image replaces the mean (its uncertainty maps are
-    those at the end of the run).
+    A diverged network cannot be sampled: the last finite image it made is reported (see
+    :func:`last_finite_image`). A stopping criterion's detected image replaces the mean (its
+    uncertainty maps are those at the end of the run).
     """
     if status == "diverged":
-        mean = method.ema.value if method.ema is not None and method.ema.steps > 0 else method.best_image
+        mean, source = last_finite_image(method, stopping)
         zeros = torch.zeros_like(mean)
-        return Prediction(mean, zeros, zeros.clone()), "ema_before_divergence"
+        return Prediction(mean, zeros, zeros.clone()), source
     prediction = method.predict_distribution()
     detected = stopping.criterion.detected_image
     if not isinstance(stopping.criterion, FixedSteps) and detected is not None:
         prediction = Prediction(detected.to(prediction.mean), prediction.epistemic, prediction.aleatoric)
         return prediction, f"stopping:{stopping.criterion.name}"
     return prediction, method.reconstruction
+
+
+def last_finite_image(method: DeepImagePrior, stopping: EarlyStopping) -> tuple[torch.Tensor, str]:
+    """The best image a diverged run still has: the output EMA, else the output of peak PSNR,
+    else the stopping criterion's detection.
+
+    With ``method.divergence_check_every`` > 1 non-finite outputs can reach the EMA before the
+    divergence is seen, so each candidate is checked.
+    """
+    candidates = []
+    if method.ema is not None and method.ema.steps > 0:
+        candidates.append((method.ema.value, "ema_before_divergence"))
+    if int(method.peak_step) >= 0:
+        candidates.append((method.best_image, "peak_before_divergence"))
+    detected = stopping.criterion.detected_image
+    if detected is not None:
+        candidates.append((detected.to(method.best_image), "detected_before_divergence"))
+    for image, source in candidates:
+        if bool(torch.isfinite(image).all()):
+            return image, source
+    return torch.zeros_like(method.best_image), "none_finite"
 
 
 def detection_metrics(

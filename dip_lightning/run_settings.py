@@ -46,15 +46,20 @@ def check_run_settings(cfg: DictConfig) -> None:
 
 
 def trainer_error(error: InstantiationException, trainer_cfg: DictConfig) -> ConfigError | None:
-    """Lightning's refusal of a trainer setting as a ConfigError naming ``trainer.<key>``, if it names one."""
+    """Lightning's refusal of a trainer setting as a ConfigError naming ``trainer.<key>``.
+
+    The key is the trainer setting the message mentions first; None if it mentions none.
+    """
     cause = error.__cause__
     if cause is None:
         return None
     message = str(cause).strip()
-    keys = sorted((k for k in trainer_cfg if k != "_target_"), key=len, reverse=True)
-    for key in keys:
-        if re.search(rf"\b{re.escape(key)}\b", message, flags=re.IGNORECASE):
-            return ConfigError(
-                f"trainer.{key}", trainer_cfg.get(key), f"Lightning does not accept it ({message})"
-            )
-    return None
+    mentions = []
+    for key in trainer_cfg:
+        found = re.search(rf"\b{re.escape(str(key))}\b", message, flags=re.IGNORECASE)
+        if key != "_target_" and found:
+            mentions.append((found.start(), -len(str(key)), str(key)))
+    if not mentions:
+        return None
+    key = min(mentions)[2]
+    return ConfigError(f"trainer.{key}", trainer_cfg.get(key), f"Lightning does not accept it ({message})")

@@ -18,3 +18,18 @@ class NaNAfter(nn.Module):
         self.calls += 1
         value = 0.0 if self.calls <= self.steps else float("nan")
         return torch.tensor(value, device=image.device)
+
+
+class NaNGradientAfter(nn.Module):
+    """Adds 0 * mean(image) for ``steps`` calls, then NaN * mean(image): the weights become NaN,
+    so every later output is NaN too."""
+
+    def __init__(self, steps: int) -> None:
+        super().__init__()
+        self.steps = steps
+        self.calls = 0
+
+    def forward(self, image: Tensor) -> Tensor:
+        self.calls += 1
+        factor = 0.0 if self.calls <= self.steps else float("nan")
+        return image.mean() * factor

@@ -40,6 +40,23 @@ def test_divergence_stops_keeps_outputs_and_returns_penalty(small_config, tmp_pa
     assert np.isfinite(reconstruction).all() and reconstruction.std() > 0
 
 
+def test_divergence_seen_late_still_reports_a_finite_image(small_config, tmp_path):
+    # The weights turn NaN at step 16; with a check every 5 steps the divergence is seen at step 20,
+    # after NaN outputs reached the EMA: the output of peak PSNR is reported instead.
+    cfg = small_config(
+        "prior.image_prior={_target_:tests.divergence.NaNGradientAfter,steps:16}",
+        "method.divergence_check_every=5",
+        "trainer.max_steps=60",
+    )
+    assert run(cfg) == -1000.0
+    metrics = read_metrics(cfg)
+    assert metrics["status"] == "diverged" and metrics["steps"] == 20
+    assert metrics["reason"] == "Training diverged at step 20: the loss became NaN or infinite."
+    assert metrics["reconstruction_source"] == "peak_before_divergence"
+    reconstruction = np.load(tmp_path / "reconstruction.npy")
+    assert np.isfinite(reconstruction).all() and reconstruction.std() > 0
+
+
 def test_missing_image_file(small_config, tmp_path):
     cfg = small_config("data=file", f"data.path={tmp_path / 'nope.png'}")
     with pytest.raises(InputFileError, match="nope.png"):

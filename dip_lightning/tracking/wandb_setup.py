@@ -9,9 +9,11 @@ multirun each get their own run (Lightning's logger would otherwise reuse the fi
 from __future__ import annotations
 
 import logging
+import netrc
 import os
 import socket
 import warnings
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -19,22 +21,27 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 PROBE_TIMEOUT_S = 3.0
+SYNC_HINT = "Upload later with `wandb sync <run dir>/wandb/offline-run-*`."
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
+def base_url() -> str:
+    return os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL
+
+
 def has_wandb_key() -> bool:
-    """True if an API key is available from the environment or the netrc file."""
-    if os.environ.get("WANDB_API_KEY"):
+    """True if credentials are in the environment or in the netrc file `wandb login` writes.
+
+    Read with the standard library: W&B's own helpers for this move between its versions.
+    """
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
+    path = os.environ.get("NETRC") or str(Path.home() / ".netrc")
     try:
-        from wandb.sdk.lib import apikey
-
-        return bool(apikey.api_key())
-    except Exception:
+        entry = netrc.netrc(path).authenticators(urlparse(base_url()).hostname or "")
+    except (OSError, netrc.NetrcParseError):
         return False
-
-
-SYNC_HINT = "Upload later with `wandb sync <run dir>/wandb/offline-run-*`."
+    return bool(entry and entry[2])
 
 
 def server_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
@@ -45,7 +52,7 @@ def server_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
     """
     if any(os.environ.get(name) for name in PROXY_VARIABLES):
         return True
-    url = urlparse(os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL)
+    url = urlparse(base_url())
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
         with socket.create_connection((url.hostname or "", port), timeout=timeout):
@@ -68,9 +75,8 @@ def resolve_offline(offline: bool) -> bool:
         )
         return True
     if not server_reachable():
-        server = os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL
         warnings.warn(
-            f"logger.wandb.offline=false but the W&B server {server} cannot be reached; logging offline "
+            f"logger.wandb.offline=false but the W&B server {base_url()} cannot be reached; logging offline "
             f"instead. {SYNC_HINT}",
             stacklevel=2,
         )

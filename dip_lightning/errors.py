@@ -21,12 +21,22 @@ class ConfigError(DipError, ValueError):
 
 
 class InputFileError(DipError, OSError):
-    """An input file is missing, unreadable, of an unknown type or holds unusable data."""
+    """An input file is missing, unreadable, of an unknown type or holds unusable data.
 
-    def __init__(self, path: object, reason: str) -> None:
+    ``setting`` is the setting that named the file (``data.path``, ``operator.mask_path``) when
+    known; :meth:`for_setting` adds it where the caller knows it and the reader did not.
+    """
+
+    def __init__(self, path: object, reason: str, setting: str | None = None) -> None:
         self.path = path
         self.reason = reason
-        super().__init__(f"Cannot use input file '{path}': {reason}.")
+        self.setting = setting
+        named = f" (set by {setting})" if setting else ""
+        super().__init__(f"Cannot use input file '{path}'{named}: {reason}.")
+
+    def for_setting(self, setting: str) -> InputFileError:
+        """This error naming ``setting``, unless it already names one."""
+        return self if self.setting else InputFileError(self.path, self.reason, setting)
 
 
 class DivergenceError(DipError, ArithmeticError):

@@ -27,8 +27,9 @@ from dip_lightning.checkpointing import CHECKPOINT_DIR, StepCheckpoint, prepare_
 from dip_lightning.config import build
 from dip_lightning.data.datamodule import SingleObservationDataModule
 from dip_lightning.data.io import fit_size
-from dip_lightning.errors import DivergenceError
+from dip_lightning.errors import DivergenceError, InputFileError
 from dip_lightning.methods.base import DeepImagePrior
+from dip_lightning.models.acceleration import accelerate, architecture, execution_settings
 from dip_lightning.physics.holdout import hold_out
 from dip_lightning.physics.observation import InverseProblem, make_observation
 from dip_lightning.results import RunResult, finalise
@@ -71,13 +72,19 @@ def multirun_group(cfg: DictConfig) -> str | None:
 
 def size_multiple(cfg: DictConfig) -> tuple[int, int]:
     """The image-size multiple and minimum side the configured network needs."""
-    probe = build(cfg.model)(in_channels=1, out_channels=1)
+    probe = build(architecture(cfg.model))(in_channels=1, out_channels=1)
     return int(getattr(probe, "size_multiple", 1)), int(getattr(probe, "min_size", 1))
 
 
 def build_problem(cfg: DictConfig) -> InverseProblem:
-    """Load the image, fit its size to the network, build the operator and the observation."""
-    loaded = build(cfg.data).load()
+    """Load the image, fit its size to the network, build the operator and the observation.
+
+    A file error names the setting that gave the file.
+    """
+    try:
+        loaded = build(cfg.data).load()
+    except InputFileError as error:
+        raise error.for_setting("data.path" if cfg.data.get("path") else "data") from None
     multiple, min_size = size_multiple(cfg)
     image, _ = fit_size(
         loaded.image,
@@ -87,7 +94,12 @@ def build_problem(cfg: DictConfig) -> InverseProblem:
         setting="data.path" if cfg.data.get("path") else "data",
         value=cfg.data.get("path") or loaded.name,
     )
-    operator = build(cfg.operator)(image_shape=tuple(image.shape[-2:]))
+    try:
+        operator = build(cfg.operator)(image_shape=tuple(image.shape[-2:]))
+    except InputFileError as error:
+        raise error.for_setting(
+            "operator.mask_path" if cfg.operator.get("mask_path") else "operator"
+        ) from None
     noise = build(cfg.noise)
     problem = make_observation(
         image,
@@ -101,10 +113,13 @@ def build_problem(cfg: DictConfig) -> InverseProblem:
 
 
 def build_method(cfg: DictConfig, problem: InverseProblem) -> DeepImagePrior:
+    """The configured method bound to ``problem``, its network set to run as ``model`` asks."""
     prior_cfg = cfg.prior.get("image_prior")
     image_prior = build(prior_cfg) if prior_cfg else None
-    method = build(cfg.method, net=build(cfg.model), image_prior=image_prior)
-    return method.attach(problem)
+    method = build(cfg.method, net=build(architecture(cfg.model)), image_prior=image_prior)
+    method.attach(problem)
+    accelerate(method.net, **execution_settings(cfg.model))
+    return method
 
 
 def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Any]:

@@ -174,6 +174,22 @@ def check_compatible(checkpoint: dict[str, Any], method: DeepImagePrior, path: P
         )
 
 
+def warn_on_new_learning_rate(checkpoint: dict[str, Any], method: DeepImagePrior) -> None:
+    """The optimiser continues from its saved state, learning rate included: say so if the
+    configured one differs, instead of ignoring it silently."""
+    configured = getattr(method.optimizer_factory, "keywords", {}).get("lr")
+    states = checkpoint.get("optimizer_states") or []
+    if configured is None or not states or not states[0].get("param_groups"):
+        return
+    saved = states[0]["param_groups"][0].get("lr")
+    if saved is not None and abs(float(saved) - float(configured)) > 1e-12 * max(abs(float(saved)), 1.0):
+        log.warning(
+            "The resumed optimiser keeps its saved learning rate %g; method.optimizer.lr=%g is not applied.",
+            saved,
+            configured,
+        )
+
+
 def prepare_resume(value: Any, method: DeepImagePrior) -> Path | None:
     """Resolve, read and check ``ckpt_path`` before training; None when not resuming."""
     if value in (None, ""):
@@ -181,5 +197,6 @@ def prepare_resume(value: Any, method: DeepImagePrior) -> Path | None:
     path = resolve(value)
     checkpoint = read(path)
     check_compatible(checkpoint, method, path)
+    warn_on_new_learning_rate(checkpoint, method)
     log.info("resuming from %s at step %d", path, int(checkpoint.get("global_step", 0)))
     return path

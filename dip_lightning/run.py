@@ -29,6 +29,7 @@ from dip_lightning.data.datamodule import SingleObservationDataModule
 from dip_lightning.data.io import fit_size
 from dip_lightning.errors import DivergenceError, InputFileError
 from dip_lightning.methods.base import DeepImagePrior
+from dip_lightning.methods.replicates import replicated_method_config
 from dip_lightning.models.acceleration import accelerate, architecture, execution_settings
 from dip_lightning.physics.holdout import hold_out
 from dip_lightning.physics.observation import InverseProblem, make_observation
@@ -116,7 +117,8 @@ def build_method(cfg: DictConfig, problem: InverseProblem) -> DeepImagePrior:
     """The configured method bound to ``problem``, its network set to run as ``model`` asks."""
     prior_cfg = cfg.prior.get("image_prior")
     image_prior = build(prior_cfg) if prior_cfg else None
-    method = build(cfg.method, net=build(architecture(cfg.model)), image_prior=image_prior)
+    method_cfg = replicated_method_config(cfg)
+    method = build(method_cfg, net=build(architecture(cfg.model)), image_prior=image_prior)
     method.attach(problem)
     accelerate(method.net, **execution_settings(cfg.model))
     return method
@@ -239,7 +241,10 @@ def run(cfg: DictConfig) -> float | tuple[float, ...]:
                 status=status,
                 reason=reason,
                 seconds=seconds,
-                extra_metrics=checkpoint_metrics(trainer),
+                extra_metrics={
+                    **checkpoint_metrics(trainer),
+                    **({"resumed_from": str(resume_from)} if resume_from else {}),
+                },
             )
         finally:
             finish_wandb(exit_code=0 if status == STATUS_COMPLETED else 1)

@@ -75,6 +75,7 @@ def test_run_stopped_by_a_signal_resumes_to_the_uninterrupted_result(tmp_path, s
         tmp_path, "resumed", *overrides, "trainer.max_steps=24", f"ckpt_path={stopped}"
     )
     assert resumed_metrics["status"] == "completed" and resumed_metrics["steps"] == 24
+    assert resumed_metrics["resumed_from"] == str(stopped / "checkpoints" / "last.ckpt")
     assert_same_results(full, resumed)
 
 
@@ -86,6 +87,13 @@ def test_a_finished_run_continues_to_more_steps(tmp_path):
         tmp_path, "resumed", "method=mcdropout", "trainer.max_steps=16", f"ckpt_path={checkpoint}"
     )
     assert_same_results(full, resumed)
+
+
+def test_resuming_with_another_learning_rate_says_it_is_not_applied(tmp_path, caplog):
+    run_dir, _ = job(tmp_path, "first", "trainer.max_steps=2")
+    with caplog.at_level(logging.WARNING, logger="dip_lightning.checkpointing"):
+        job(tmp_path, "second", "trainer.max_steps=3", "method.optimizer.lr=0.05", f"ckpt_path={run_dir}")
+    assert "keeps its saved learning rate 0.01; method.optimizer.lr=0.05 is not applied" in caplog.text
 
 
 def test_checkpoints_are_periodic_complete_and_load_with_weights_only(tmp_path):

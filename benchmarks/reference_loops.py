@@ -69,6 +69,8 @@ def make_reference_step(
     m = cfg.method
     net, z = prepare_network(net, z, variant)
     device = z.device
+    if device.type == "cuda":  # as the platform's trainer sets it
+        torch.backends.cudnn.benchmark = bool(cfg.trainer.get("benchmark", False))
     optimizer = build(m.optimizer)(params=net.parameters())
     noise = float(m.get("noise_scale", 0.0)) * float(m.optimizer.lr)
     std = float(m.input.perturbation_std)

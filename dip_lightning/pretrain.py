@@ -31,6 +31,7 @@ from dip_lightning.methods.base import DeepImagePrior
 from dip_lightning.methods.edip import save_pretrained
 from dip_lightning.methods.network_input import make_network_input
 from dip_lightning.metrics.image import psnr
+from dip_lightning.models.acceleration import architecture
 from dip_lightning.models.layers import per_sample_norm
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
 
     # The measurement problem fixes the image size, operator and noise of the simulated data.
     problem = build_problem(cfg)
-    method: DeepImagePrior = build(cfg.method, net=build(cfg.model), image_prior=None)
+    method: DeepImagePrior = build(cfg.method, net=build(architecture(cfg.model)), image_prior=None)
     channels = int(method.input_settings["channels"])
     net = method.net_factory(in_channels=channels, out_channels=problem.channels, **method.network_kwargs())
     data = SyntheticCTDataModule(

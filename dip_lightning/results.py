@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from dip_lightning.methods.base import DeepImagePrior
 from dip_lightning.methods.evaluation import calibration_curves, evaluate_prediction
 from dip_lightning.methods.prediction import Prediction
+from dip_lightning.methods.replicates import replicate_report, replicate_summary_line
 from dip_lightning.metrics.image import psnr, ssim
 from dip_lightning.outputs import save_image, save_json, save_map, save_text
 from dip_lightning.physics.observation import InverseProblem
@@ -196,6 +197,8 @@ def finalise(
         metrics["reason"] = reason
     metrics["reconstruction_source"] = source
     metrics.update(evaluate_prediction(prediction, problem))
+    replicate_metrics, replicate_maps = replicate_report(method, problem)
+    metrics.update(replicate_metrics)
     peak = method.peak_summary()
     metrics.update(peak)
     if "peak_psnr" in metrics and "psnr" in metrics:
@@ -214,6 +217,8 @@ def finalise(
     if problem.ground_truth is not None:
         files += save_image(output_dir, "ground_truth", problem.ground_truth.cpu())
     files += save_uncertainty(output_dir, prediction, problem.to("cpu"))
+    for name, values in replicate_maps.items():
+        files += save_map(output_dir, name, values)
     files.append(save_json(output_dir / "curves.json", method.psnr_curves()))
     files.append(save_json(output_dir / "metrics.json", metrics))
     if problem.intensity_transform is not None:
@@ -235,6 +240,9 @@ def print_summary(result: RunResult, problem: InverseProblem) -> None:
         lines.append(
             f"  reconstruction PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f} ({m['reconstruction_source']})"
         )
+    replicates = replicate_summary_line(m)
+    if replicates:
+        lines.append(replicates)
     if "baseline_psnr" in m:
         lines.append(
             f"  baseline (pseudo-inverse) PSNR {m['baseline_psnr']:.2f} dB, SSIM {m['baseline_ssim']:.4f}"

@@ -89,6 +89,8 @@ class DeepImagePrior(pl.LightningModule):
         log_precision_clamp: |s| bound of the predicted log-precision in the NLL.
         grad_clip: max gradient norm (0 disables); CT DIP+TV uses 1.
         divergence_check_every: steps between finiteness checks of the loss (each costs a device sync).
+        replicates: K independent networks trained as one (``dip_lightning.methods.replicates``);
+            this class trains one, the replicated variants more.
     """
 
     def __init__(
@@ -105,6 +107,7 @@ class DeepImagePrior(pl.LightningModule):
         grad_clip: float = 0.0,
         divergence_check_every: int = 1,
         seed: int = 0,
+        replicates: int = 1,
     ) -> None:
         super().__init__()
         check_optimizer(optimizer)
@@ -125,6 +128,14 @@ class DeepImagePrior(pl.LightningModule):
         )
         check_positive("method.input.perturbation_std", settings["perturbation_std"], allow_zero=True)
         self.seed = seed
+        if replicates != 1:
+            raise ConfigError(
+                "method.replicates",
+                replicates,
+                f"{type(self).__name__} trains one network; replicated runs are built by "
+                "dip_lightning.run.build_method (see dip_lightning.methods.replicates)",
+            )
+        self.replicates = 1
         self.problem: InverseProblem | None = None
         self.net: nn.Module | None = None
         self.latest_image: Tensor | None = None
@@ -146,22 +157,8 @@ class DeepImagePrior(pl.LightningModule):
     def attach(self, problem: InverseProblem) -> DeepImagePrior:
         """Bind the method to a problem: build the input and the network for its image shape."""
         self.problem = problem
-        settings = self.input_settings
-        pseudo_inverse = None
-        if settings["kind"] == "pseudo_inverse":
-            pseudo_inverse = problem.operator.pseudo_inverse(problem.observation).detach()
-        z = make_network_input(
-            settings["kind"],
-            int(settings["channels"]),
-            problem.image_shape,
-            float(settings["scale"]),
-            self.seed,
-            pseudo_inverse,
-        )
-        self.register_buffer("net_input", z)
-        self.net = self.net_factory(
-            in_channels=z.shape[1], out_channels=problem.channels, **self.network_kwargs()
-        )
+        self.register_buffer("net_input", self.build_input(self.seed))
+        self.net = self.build_network(self.seed)
         self.register_buffer("peak_psnr", torch.tensor(-math.inf))
         self.register_buffer("peak_step", torch.tensor(-1, dtype=torch.long))
         self.register_buffer("peak_ema_psnr", torch.tensor(-math.inf))
@@ -171,6 +168,41 @@ class DeepImagePrior(pl.LightningModule):
         self.ema_psnr_history: list[Tensor] = []
         self.validation_history = []
         return self
+
+    def build_input(self, seed: int) -> Tensor:
+        """The fixed network input z (1, C, H, W) of a run with ``seed``."""
+        problem, settings = self.problem, self.input_settings
+        pseudo_inverse = None
+        if settings["kind"] == "pseudo_inverse":
+            pseudo_inverse = problem.operator.pseudo_inverse(problem.observation).detach()
+        return make_network_input(
+            settings["kind"],
+            int(settings["channels"]),
+            problem.image_shape,
+            float(settings["scale"]),
+            seed,
+            pseudo_inverse,
+        )
+
+    def build_network(self, seed: int) -> nn.Module:
+        """A freshly initialised network whose weights depend on ``seed`` alone.
+
+        The initialisation draws from its own seeded stream, not from whatever the global
+        generator holds after the data and operator were built, so a run's network is the same
+        however it was set up (and replicate k of a replicated run is the network of seed k).
+        """
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = self.net_factory(
+                in_channels=int(self.input_settings["channels"]),
+                out_channels=self.problem.channels,
+                **self.network_kwargs(),
+            )
+            self.initialise_network(net)
+        return net
+
+    def initialise_network(self, net: nn.Module) -> None:
+        """Re-draw weights after construction (MC dropout's N(0, std) init); nothing by default."""
 
     def on_fit_start(self) -> None:
         if self.problem is None:
@@ -243,8 +275,12 @@ class DeepImagePrior(pl.LightningModule):
         """Loss terms on the weights (the KL of MFVI); none for plain DIP."""
         return None
 
+    def perturbed_input(self) -> Tensor:
+        """This step's network input: z plus fresh Gaussian noise of ``perturbation_std``."""
+        return perturb(self.net_input, float(self.input_settings["perturbation_std"]))
+
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        z = perturb(self.net_input, float(self.input_settings["perturbation_std"]))
+        z = self.perturbed_input()
         image, log_precision = self(z)
         loss = self.data_fidelity(image, log_precision)
         self.log_step("train/data_fidelity", loss.detach())
@@ -321,7 +357,7 @@ class DeepImagePrior(pl.LightningModule):
         Normalisation layers use each sample's own statistics, exactly as training (batch of one)
         does, and their running statistics are left alone.
         """
-        z = self.net_input.expand(num_samples, -1, -1, -1)
+        z = self.net_input.repeat_interleave(num_samples, dim=0)  # replicate-major if replicated
         with per_sample_norm(self.net):
             output = self.net(z)
         return self.split_output(output)

@@ -71,11 +71,9 @@ class MCDropoutDIP(DeepImagePrior):
             "dropout_placement": self.dropout_placement,
         }
 
-    def attach(self, problem):  # type: ignore[override]
-        super().attach(problem)
+    def initialise_network(self, net: nn.Module) -> None:
         if self.weight_init_std > 0:
-            init_normal_(self.net, self.weight_init_std)
-        return self
+            init_normal_(net, self.weight_init_std)
 
     def sample_outputs(self, num_samples: int):  # type: ignore[override]
         with dropout_active(self.net):

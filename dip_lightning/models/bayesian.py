@@ -10,6 +10,7 @@ forward pass over T copies of the input.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +69,7 @@ class MeanFieldConv2d(nn.Module):
         mu_init_std: float = 0.1,
         rho_init_mean: float = -3.0,
         rho_init_std: float = 0.1,
+        groups: int = 1,
     ) -> None:
         super().__init__()
         self.in_channels = check_count("model.in_channels", in_channels)
@@ -76,9 +78,15 @@ class MeanFieldConv2d(nn.Module):
         self.stride = check_count("model.stride", stride)
         self.padding_mode = str(check_choice("model.padding", padding_mode, PADDING_MODES))
         _check_init(mu_init_std, rho_init_mean, rho_init_std)
+        self.groups = check_count("model.groups", groups)
+        if in_channels % groups or out_channels % groups:
+            raise ConfigError("model.groups", groups, "must divide the input and output channels")
         self.sample = True
+        # Draws the standard normal noise of the pre-activations, shaped like its argument; a
+        # replicated network gives every replicate its own stream here.
+        self.noise: Callable[[Tensor], Tensor] = torch.randn_like
 
-        shape = (out_channels, in_channels, kernel_size, kernel_size)
+        shape = (out_channels, in_channels // groups, kernel_size, kernel_size)
         self.weight_mu = nn.Parameter(torch.empty(shape))
         self.weight_rho = nn.Parameter(torch.empty(shape))
         if bias:
@@ -132,7 +140,7 @@ class MeanFieldConv2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self._pad(x)
-        mean = F.conv2d(x, self.weight_mu, self.bias_mu, self.stride)
+        mean = F.conv2d(x, self.weight_mu, self.bias_mu, self.stride, groups=self.groups)
         if not self.sample:
             return mean
         bias_sigma = self.bias_sigma
@@ -141,9 +149,10 @@ class MeanFieldConv2d(nn.Module):
             self.weight_sigma.square(),
             None if bias_sigma is None else bias_sigma.square(),
             self.stride,
+            groups=self.groups,
         )
         # clamp_min passes no gradient below the floor, so sqrt's infinite slope at 0 never shows up
-        return mean + var.clamp_min(_VAR_FLOOR).sqrt() * torch.randn_like(mean)
+        return mean + var.clamp_min(_VAR_FLOOR).sqrt() * self.noise(mean)
 
     def kl(self) -> Tensor:
         """Closed-form KL(q || p) between the posterior and the prior, summed over all parameters."""
@@ -163,7 +172,8 @@ class MeanFieldConv2d(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, padding_mode={self.padding_mode!r}, bias={self.bias_mu is not None}, "
+            f"stride={self.stride}, groups={self.groups}, padding_mode={self.padding_mode!r}, "
+            f"bias={self.bias_mu is not None}, "
             f"prior=N({self.prior_mu.item():g}, {self.prior_sigma.item():g}²), sample={self.sample}"
         )
 

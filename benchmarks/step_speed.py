@@ -121,7 +121,10 @@ def measure_row(
 ) -> dict[str, Any]:
     device = torch.device(args.device)
     steps, warmup = default_steps(size)
-    steps, warmup = args.steps or steps, args.warmup if args.warmup is not None else warmup
+    if args.steps:
+        steps, warmup = args.steps, max(1, args.steps // 5)
+    if args.warmup is not None:
+        warmup = args.warmup
     base = job_overrides(args, method, task, size)
     runs = interleaved(
         {

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-import os
 import signal
+import time
 
 import pytorch_lightning as pl
 
+from dip_lightning import interrupt
+
+HANDLER_WAIT_S = 5.0
+
 
 class SignalAt(pl.Callback):
-    """Sends ``signum`` (SIGTERM by default) ``times`` times to this process at the end of step ``step``."""
+    """Sends ``signum`` (SIGTERM by default) ``times`` times to this process at the end of step ``step``.
+
+    ``raise_signal`` delivers it to this (the main) thread; the wait makes sure its handler has run
+    before the step ends, so the step the run stops at does not depend on timing.
+    """
 
     def __init__(self, step: int, signum: int = int(signal.SIGTERM), times: int = 1) -> None:
         self.step = step
@@ -17,6 +25,10 @@ class SignalAt(pl.Callback):
         self.times = times
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            for _ in range(self.times):
-                os.kill(os.getpid(), self.signum)
+        if trainer.global_step != self.step:
+            return
+        for _ in range(self.times):
+            signal.raise_signal(self.signum)
+            deadline = time.monotonic() + HANDLER_WAIT_S
+            while not interrupt.requested() and time.monotonic() < deadline:
+                time.sleep(0.001)

@@ -87,7 +87,8 @@ class StepCheckpoint(pl.Callback):
             if trainer.is_global_zero and tmp.exists():
                 tmp.unlink()
         self.saved_step = step
-        log.info("checkpoint of step %d written to %s", step, self.path)
+        if trainer.is_global_zero:
+            log.info("checkpoint of step %d written to %s", step, self.path)
         return self.path
 
 

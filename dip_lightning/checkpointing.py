@@ -191,7 +191,7 @@ def warn_on_new_learning_rate(checkpoint: dict[str, Any], method: DeepImagePrior
         )
 
 
-def prepare_resume(value: Any, method: DeepImagePrior) -> Path | None:
+def prepare_resume(value: Any, method: DeepImagePrior, max_steps: int | None = None) -> Path | None:
     """Resolve, read and check ``ckpt_path`` before training; None when not resuming."""
     if value in (None, ""):
         return None
@@ -199,5 +199,14 @@ def prepare_resume(value: Any, method: DeepImagePrior) -> Path | None:
     checkpoint = read(path)
     check_compatible(checkpoint, method, path)
     warn_on_new_learning_rate(checkpoint, method)
-    log.info("resuming from %s at step %d", path, int(checkpoint.get("global_step", 0)))
+    step = int(checkpoint.get("global_step", 0))
+    log.info("resuming from %s at step %d", path, step)
+    if max_steps is not None and 0 < max_steps <= step:
+        log.warning(
+            "The checkpoint is at step %d and trainer.max_steps=%d: nothing is trained, the results of "
+            "step %d are written (raise trainer.max_steps to train on).",
+            step,
+            max_steps,
+            step,
+        )
     return path

@@ -39,6 +39,17 @@ class InputFileError(DipError, OSError):
         return self if self.setting else InputFileError(self.path, self.reason, setting)
 
 
+class OutputWriteError(DipError, OSError):
+    """The results cannot be written (a full disk, a read-only or vanished directory)."""
+
+    def __init__(self, directory: object, reason: str, hint: str = "") -> None:
+        self.directory = directory
+        self.reason = reason
+        super().__init__(
+            f"Cannot write the results into '{directory}': {reason}." + (f" {hint}." if hint else "")
+        )
+
+
 class DivergenceError(DipError, ArithmeticError):
     """Training produced a non-finite loss or parameters; the best result so far is kept."""
 

@@ -27,7 +27,7 @@ from dip_lightning.checkpointing import CHECKPOINT_DIR, StepCheckpoint, prepare_
 from dip_lightning.config import build
 from dip_lightning.data.datamodule import SingleObservationDataModule
 from dip_lightning.data.io import fit_size
-from dip_lightning.errors import DivergenceError, InputFileError
+from dip_lightning.errors import DivergenceError, InputFileError, OutputWriteError
 from dip_lightning.methods.base import DeepImagePrior
 from dip_lightning.methods.replicates import replicated_method_config
 from dip_lightning.models.acceleration import accelerate, architecture, execution_settings
@@ -214,7 +214,7 @@ def run(cfg: DictConfig) -> float | tuple[float, ...]:
 
     problem = build_problem(cfg)
     method = build_method(cfg, problem)
-    resume_from = prepare_resume(cfg.get("ckpt_path"), method)
+    resume_from = prepare_resume(cfg.get("ckpt_path"), method, cfg.trainer.get("max_steps"))
     callbacks, stopping = build_callbacks(cfg, output_dir)
     loggers = build_loggers(cfg, output_dir)
     try:
@@ -231,7 +231,7 @@ def run(cfg: DictConfig) -> float | tuple[float, ...]:
                 raise KeyboardInterrupt
             return objective_value(cfg, RunResult(status=status, metrics={}, output_dir=output_dir))
         try:
-            result = finalise(
+            result = write_results(
                 method,
                 problem,
                 stopping,
@@ -253,6 +253,30 @@ def run(cfg: DictConfig) -> float | tuple[float, ...]:
     return objective_value(cfg, result)
 
 
+def write_results(
+    method: DeepImagePrior,
+    problem: InverseProblem,
+    stopping: EarlyStopping,
+    trainer: pl.Trainer,
+    output_dir: Path,
+    cfg: DictConfig,
+    **kwargs: Any,
+) -> RunResult:
+    """:func:`finalise`, with a file-system failure (a full disk) reported as one paragraph that
+    says how to get the results once it is fixed: the checkpoint holds the trained state."""
+    try:
+        return finalise(method, problem, stopping, trainer, output_dir, cfg, **kwargs)
+    except OSError as error:
+        saver = find_callback(trainer, StepCheckpoint)
+        hint = ""
+        if saver is not None and saver.path.is_file():
+            hint = (
+                f"The state of step {saver.saved_step} is in {saver.path}: once the problem is fixed, run "
+                f"the same command with ckpt_path={saver.path} to continue from there and write the results"
+            )
+        raise OutputWriteError(output_dir, str(error), hint) from error
+
+
 def fit(trainer: pl.Trainer, method: DeepImagePrior, resume_from: Path | None) -> tuple[str, str, float]:
     """Train, stopping at a step boundary on a signal; return the status, its reason and the time."""
     status, reason = STATUS_COMPLETED, ""
@@ -265,6 +289,10 @@ def fit(trainer: pl.Trainer, method: DeepImagePrior, resume_from: Path | None) -
                 ckpt_path=str(resume_from) if resume_from else None,
                 weights_only=True,
             )
+        if method.resumed_record is not None:
+            # No step was left to train, so Lightning skipped on_train_start, where the saved EMA,
+            # curves and random state are restored: restore them for the results.
+            method.on_train_start()
     except DivergenceError as error:
         status, reason = STATUS_DIVERGED, str(error)
         log.error("%s Keeping the best result so far.", error)

@@ -15,7 +15,7 @@ import torch
 
 from dip_lightning import rng
 from dip_lightning.config import compose_config
-from dip_lightning.errors import ConfigError
+from dip_lightning.errors import ConfigError, OutputWriteError
 from dip_lightning.methods import resume_state
 from dip_lightning.run import run
 
@@ -142,6 +142,25 @@ def test_a_failing_checkpoint_write_does_not_stop_the_run(tmp_path, monkeypatch,
     assert metrics["status"] == "completed" and metrics["steps"] == 6 and "checkpoint" not in metrics
     assert "No space left on device" in caplog.text
     assert list((directory / "checkpoints").iterdir()) == []  # the partial file was removed
+
+
+def test_results_lost_to_a_full_disk_are_written_from_the_checkpoint(tmp_path, monkeypatch):
+    full, _ = job(tmp_path, "full", "trainer.max_steps=6")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("dip_lightning.results.save_image", disk_full)
+        with pytest.raises(OutputWriteError, match="No space left on device") as info:
+            job(tmp_path, "full_disk", "trainer.max_steps=6")
+    checkpoint = tmp_path / "full_disk" / "checkpoints" / "last.ckpt"
+    assert f"ckpt_path={checkpoint}" in str(info.value) and "step 6" in str(info.value)
+
+    # Same command with ckpt_path: nothing left to train, the results of step 6 are written.
+    recovered, metrics = job(tmp_path, "recovered", "trainer.max_steps=6", f"ckpt_path={checkpoint}")
+    assert metrics["status"] == "completed" and metrics["steps"] == 6
+    assert_same_results(full, recovered)
 
 
 @pytest.fixture

@@ -72,9 +72,12 @@ def record_failure(cfg: DictConfig, error: BaseException, seconds: float) -> Pat
             "seconds": metrics.get("seconds", round(seconds, 2)),
         }
     )
-    save_json(path, metrics)
-    if not (directory / "config.yaml").is_file():
-        save_text(directory / "config.yaml", config_text(cfg))
+    try:
+        save_json(path, metrics)
+        if not (directory / "config.yaml").is_file():
+            save_text(directory / "config.yaml", config_text(cfg))
+    except OSError as write_error:  # a full disk must not end the sweep as well
+        log.error("Could not record the failed trial in %s: %s", path, write_error)
     return path
 
 

@@ -17,7 +17,9 @@ Phases (:class:`Phase`):
   :data:`FORCE_AFTER`-th one quits without finishing, in case writing hangs.
 
 The exit status of an interrupted ``launch.py`` is ``128 + signal number``: 130 for SIGINT and 143
-for SIGTERM, as a shell reports a process killed by that signal.
+for SIGTERM, as a shell reports a process killed by that signal. ``launch.py`` installs the
+handler for the whole process; :func:`dip_lightning.run.run` installs it for the duration of a job,
+so jobs started by other launchers (joblib, Ray, submitit) or from a notebook behave the same.
 """
 
 from __future__ import annotations
@@ -107,6 +109,23 @@ def install() -> None:
         if signum == signal.SIGINT and signal.getsignal(signum) is signal.SIG_IGN:
             continue
         signal.signal(signum, handle_signal)
+
+
+@contextmanager
+def installed() -> Iterator[None]:
+    """Handle the signals for the duration of the block (a job run by any launcher, a notebook),
+    then put back the handlers that were there before."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.getsignal(signum) for signum in HANDLED_SIGNALS}
+    install()
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            if handler is not None:
+                signal.signal(signum, handler)
 
 
 def reset() -> None:

@@ -203,8 +203,14 @@ def run(cfg: DictConfig) -> float | tuple[float, ...]:
     KeyboardInterrupt so that the command line exits with 128 + the signal number and a sweep
     stops; a diverged run returns the penalty.
     """
-    quiet_third_party_logs()
     interrupt.reset()
+    with interrupt.installed():
+        return run_job(cfg)
+
+
+def run_job(cfg: DictConfig) -> float | tuple[float, ...]:
+    """The body of :func:`run`, with the signal handlers in place."""
+    quiet_third_party_logs()
     check_run_settings(cfg)
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))

@@ -89,6 +89,19 @@ def test_second_signal_stops_at_once_keeping_results_and_the_last_checkpoint(tmp
     assert np.isfinite(np.load(tmp_path / "reconstruction.npy")).all()
 
 
+def test_run_handles_signals_itself_and_restores_the_handlers_after(tmp_path):
+    # As under a launcher other than launch.py (joblib, Ray, submitit) or in a notebook.
+    before = signal.getsignal(signal.SIGTERM)
+    signal_at = "+callbacks.signal={_target_:tests.interrupting.SignalAt,step:3}"
+    cfg = compose_config(["preset=small", "logger=none", "trainer.max_steps=40", signal_at], tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg)
+    assert signal.getsignal(signal.SIGTERM) is before
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and metrics["steps"] == metrics["checkpoint_step"] == 3
+    interrupt.reset()
+
+
 def test_handler_phases_and_exit_status(signal_handlers):
     with pytest.raises(KeyboardInterrupt):
         interrupt.handle_signal(signal.SIGTERM, None)  # set-up: stop at once

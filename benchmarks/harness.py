@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import ctypes
 import gc
+import itertools
 import math
 import statistics
 import tempfile
@@ -25,6 +26,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.reference_loops import final_psnr, make_reference_step
 from dip_lightning.config import compose_config
 from dip_lightning.run import build_method, build_problem, run
 from dip_lightning.tracking.wandb_setup import finish_wandb
@@ -58,8 +60,9 @@ class MemoryProbe:
         self.device = device
         self.start = 0.0
 
-    def reset(self) -> None:
-        gc.collect()
+    def reset(self, collect: bool = True) -> None:
+        if collect:
+            gc.collect()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -95,33 +98,59 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def per_step_ms(times: Sequence[float], warmup: int) -> float:
-    """Mean ms per step from the start of step ``warmup`` to the start of the last step."""
-    if len(times) < warmup + 2:
-        raise ValueError(f"need at least {warmup + 2} steps to time, got {len(times)}")
-    return 1000.0 * (times[-1] - times[warmup]) / (len(times) - 1 - warmup)
-
-
 class TimingDone(Exception):
     """Raised by StepTimer after the last step to end the job before its evaluation."""
 
 
+@dataclass
+class Reference:
+    """A plain loop ready to step: its step closure, state and variant (see ``reference_loops``)."""
+
+    step: Callable[[], None]
+    state: Any
+    variant: str
+    rng: torch.Tensor
+    """The loop's own state of the global CPU generator, swapped in around each of its steps."""
+
+    def run_step(self, count_flops: bool) -> float:
+        """One step; its FLOPs when asked (not for compiled networks, which the counter cannot see)."""
+        if not count_flops or self.variant == "compile":
+            self.step()
+            return math.nan
+        with FlopCounterMode(display=False) as counter:
+            self.step()
+        return float(counter.get_total_flops())
+
+
 class StepTimer(pl.Callback):
-    """Times the steps of a platform run and its peak memory, then ends the job.
+    """Times the steps of a platform run (and of a plain loop run between them), then ends the job.
 
     Added to a job as ``+callbacks.step_timer._target_=benchmarks.harness.StepTimer``; the finished
-    timer is left in ``StepTimer.finished`` for the benchmark to read. On a GPU the device is
-    synchronised only at the two boundary steps, so the loop runs as asynchronously as it would.
+    timer is left in ``StepTimer.finished`` for the benchmark to read. A step spans from the start
+    of one training batch to the start of the next: everything the platform does per step.
+
+    With a plain loop in ``StepTimer.pending_reference`` the timer runs one of its steps at every
+    step boundary and times it apart, so both loops meet the same machine load: on a shared CPU
+    the ratio then holds still while the absolute times wander. Peak memory is then taken per
+    span, for each loop. Without one (the GPU mode), the device is synchronised only at the two
+    boundary steps, so the platform runs as asynchronously as it would.
     """
 
     finished: ClassVar[StepTimer | None] = None
+    pending_reference: ClassVar[Reference | None] = None
 
     def __init__(self, warmup: int = 5) -> None:
         self.warmup = int(warmup)
-        self.times: list[float] = []
+        self.reference, StepTimer.pending_reference = StepTimer.pending_reference, None
+        self.platform_spans: list[float] = []
+        self.plain_spans: list[float] = []
+        self.platform_peak = 0.0
+        self.plain_peak = 0.0
+        self.plain_flops = math.nan
         self.probe: MemoryProbe | None = None
         self.psnr = math.nan
-        self.peak = math.nan
+        self._span_start: float | None = None
+        self._step = 0
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for logger in trainer.loggers:  # create W&B / CSV writers now, not inside the timed steps
@@ -130,22 +159,57 @@ class StepTimer(pl.Callback):
         self.probe.reset()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if len(self.times) in (self.warmup, trainer.max_steps - 1):
+        assert self.probe is not None
+        step, self._step = self._step, self._step + 1
+        if step in (self.warmup, trainer.max_steps - 1):  # the timed spans' ends (async devices)
             synchronize(pl_module.device)
-        self.times.append(time.perf_counter())
+        now = time.perf_counter()
+        if self._span_start is not None:
+            self.platform_spans.append(now - self._span_start)
+        if self.reference is not None:
+            self.platform_peak = max(self.platform_peak, self.probe.peak_mib())
+            self.probe.reset(collect=False)
+            platform_rng = torch.get_rng_state()
+            torch.set_rng_state(self.reference.rng)
+            start = time.perf_counter()
+            with torch.enable_grad():
+                flops = self.reference.run_step(count_flops=not self.plain_spans)
+            self.plain_spans.append(time.perf_counter() - start)
+            self.reference.rng = torch.get_rng_state()
+            torch.set_rng_state(platform_rng)
+            self.plain_flops = flops if not math.isnan(flops) else self.plain_flops
+            self.plain_peak = max(self.plain_peak, self.probe.peak_mib())
+            self.probe.reset(collect=False)
+        self._span_start = time.perf_counter()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         assert self.probe is not None
-        self.peak = self.probe.peak_mib()
+        if self.reference is None:
+            self.platform_peak = self.probe.peak_mib()
         history = getattr(pl_module, "ema_psnr_history", None)
         if history:
             self.psnr = float(history[-1])
         StepTimer.finished = self
         raise TimingDone
 
+    def platform(self) -> Measurement:
+        return Measurement(mean_ms(self.platform_spans, self.warmup), self.platform_peak, self.psnr)
 
-def platform_measure(overrides: Sequence[str], steps: int, warmup: int) -> Measurement:
-    """Time ``steps`` steps of the platform's job composed from ``overrides``."""
+    def plain(self) -> Measurement:
+        assert self.reference is not None
+        spans = self.plain_spans[: len(self.platform_spans)]  # the steps the platform's spans cover
+        psnr = final_psnr(self.reference.state)
+        return Measurement(mean_ms(spans, self.warmup), self.plain_peak, psnr, self.plain_flops)
+
+
+def mean_ms(spans: Sequence[float], warmup: int) -> float:
+    """Mean of the step spans after the warm-up, in ms."""
+    if len(spans) <= warmup:
+        raise ValueError(f"need more than {warmup} timed steps, got {len(spans)}")
+    return 1000.0 * statistics.fmean(spans[warmup:])
+
+
+def _platform_run(overrides: Sequence[str], steps: int, warmup: int) -> StepTimer:
     StepTimer.finished = None
     timer = [
         "+callbacks.step_timer._target_=benchmarks.harness.StepTimer",
@@ -159,10 +223,31 @@ def platform_measure(overrides: Sequence[str], steps: int, warmup: int) -> Measu
             pass
         finally:
             finish_wandb()
+            StepTimer.pending_reference = None
     done = StepTimer.finished
     if done is None:
         raise RuntimeError("the platform run ended before its last step")
-    return Measurement(per_step_ms(done.times, warmup), done.peak, done.psnr)
+    return done
+
+
+def platform_measure(overrides: Sequence[str], steps: int, warmup: int) -> Measurement:
+    """Time ``steps`` steps of the platform's job composed from ``overrides``."""
+    return _platform_run(overrides, steps, warmup).platform()
+
+
+def paired_measure(
+    base: Sequence[str], variant_overrides: Sequence[str], steps: int, warmup: int, variant: str = "fp32"
+) -> tuple[Measurement, Measurement]:
+    """The plain loop and the platform of the same job, stepped in turn in one CPU run.
+
+    ``base`` composes the job; the platform also gets ``variant_overrides``, the plain loop applies
+    ``variant`` itself. Returns (plain, platform).
+    """
+    cfg, problem, net, z = build_reference(base, torch.device("cpu"))
+    step, state = make_reference_step(cfg, problem, net, z, variant)
+    StepTimer.pending_reference = Reference(step, state, variant, torch.get_rng_state())
+    timer = _platform_run([*base, *variant_overrides], steps, warmup)
+    return timer.plain(), timer.platform()
 
 
 def build_reference(
@@ -186,8 +271,6 @@ def reference_measure(
     loss and backward; the optimiser's elementwise updates are not counted), except for compiled
     networks, which the counter cannot see into.
     """
-    from benchmarks.reference_loops import final_psnr, make_reference_step
-
     if warmup < 1:
         raise ValueError("the plain loop needs at least one warm-up step (it counts FLOPs there)")
     cfg, problem, net, z = build_reference(overrides, device)
@@ -206,7 +289,8 @@ def reference_measure(
             flops = float(counter.get_total_flops())
         else:
             step()
-    return Measurement(per_step_ms(times, warmup), probe.peak_mib(), final_psnr(state), flops)
+    spans = [b - a for a, b in itertools.pairwise(times)]
+    return Measurement(mean_ms(spans, warmup), probe.peak_mib(), final_psnr(state), flops)
 
 
 def flops_per_step(overrides: Sequence[str], device: torch.device) -> float:

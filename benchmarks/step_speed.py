@@ -3,12 +3,16 @@
 For each method (dip, sgld, mcdropout, mfvi), task (denoising, super_resolution, inpainting),
 image size and variant, the platform's real job (default loggers, callbacks and logging interval)
 and a plain PyTorch loop doing the same math (``reference_loops.py``) are timed in the same
-process, interleaved, ``--repeats`` times; the table gives medians, their ratio, the peak memory of
-the steps, the FLOPs of one step (``FlopCounterMode`` over forward and backward) and the fraction
-of the device's peak that the platform achieves. The peak defaults to the best dense matmul
-throughput measured at start-up with the same threads and dtype (``--peak-gflops`` overrides).
-The PSNR columns are the bias-corrected output EMA after the timed steps: the two loops train the
-same network from the same seed, so they should agree, and a variant that hurts quality shows.
+process. On a CPU they are paired step by step: inside the platform's run, one plain step runs at
+every boundary between two platform steps and is timed apart, so both loops meet the same load of
+a shared machine. On a GPU (``--pairing runs``) whole runs alternate instead, since timing every
+step would need a device sync per step. The table gives medians over ``--repeats`` runs, the
+ratio, the peak memory of the steps, the FLOPs of one step (``FlopCounterMode`` over forward and
+backward) and the fraction of the device's peak that the platform achieves. The peak defaults to
+the best dense matmul throughput measured at start-up with the same threads and dtype
+(``--peak-gflops`` overrides). The PSNR columns are the bias-corrected output EMA after the timed
+steps: both loops train the same network from the same seed with their own random streams, so
+they agree, and a variant that hurts quality shows.
 
 Variants: ``fp32`` (default), ``bf16`` (``trainer.precision=bf16-mixed``), ``channels_last``
 (``model.channels_last=true``) and ``compile`` (``model.compile=true``); the plain loop gets the
@@ -41,6 +45,7 @@ from benchmarks.harness import (  # noqa: E402
     markdown,
     measured_peak_gflops,
     median,
+    paired_measure,
     platform_measure,
     reference_measure,
     write_csv,
@@ -103,8 +108,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--threads", type=int, default=1, help="CPU threads (1 is steadiest on a shared machine)"
     )
     parser.add_argument("--peak-gflops", type=float, default=None, help="device peak (default: measured)")
+    parser.add_argument(
+        "--pairing",
+        choices=("steps", "runs"),
+        default=None,
+        help="steps: the plain loop steps between the platform's steps in one run (default on cpu); "
+        "runs: alternate whole runs (default on cuda, where per-step syncs would distort)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="CSV path")
     return parser.parse_args(argv)
+
+
+def pairing(args: argparse.Namespace) -> str:
+    """How the two loops share the machine: step by step in one run (CPU) or in alternate runs."""
+    return args.pairing or ("runs" if args.device == "cuda" else "steps")
 
 
 def job_overrides(args: argparse.Namespace, method: str, task: str, size: int) -> list[str]:
@@ -126,13 +143,20 @@ def measure_row(
     if args.warmup is not None:
         warmup = args.warmup
     base = job_overrides(args, method, task, size)
-    runs = interleaved(
-        {
-            "plain": lambda: reference_measure(base, steps, warmup, device, variant),
-            "platform": lambda: platform_measure([*base, *VARIANT_OVERRIDES[variant]], steps, warmup),
-        },
-        args.repeats if size <= 64 else args.large_repeats,
-    )
+    repeats = args.repeats if size <= 64 else args.large_repeats
+    if pairing(args) == "steps":
+        pairs = [
+            paired_measure(base, VARIANT_OVERRIDES[variant], steps, warmup, variant) for _ in range(repeats)
+        ]
+        runs = {"plain": [p[0] for p in pairs], "platform": [p[1] for p in pairs]}
+    else:
+        runs = interleaved(
+            {
+                "plain": lambda: reference_measure(base, steps, warmup, device, variant),
+                "platform": lambda: platform_measure([*base, *VARIANT_OVERRIDES[variant]], steps, warmup),
+            },
+            repeats,
+        )
     plain_ms = median([m.ms_per_step for m in runs["plain"]])
     platform_ms = median([m.ms_per_step for m in runs["platform"]])
     flops = runs["plain"][0].flops
@@ -188,7 +212,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     header = (
         f"{args.device}, {args.threads} thread(s), peak GFLOP/s "
         + ", ".join(f"{name} {value:.0f}" for name, value in peaks.items())
-        + f", median of {args.repeats} interleaved runs ({args.large_repeats} above 64 px)"
+        + f", loops paired by {pairing(args)}, median of {args.repeats} runs ({args.large_repeats} above 64 px)"
     )
     print(f"\n{header}\n\n{markdown(rows, COLUMNS)}\n")
     for line in goal_lines(rows, args.device):

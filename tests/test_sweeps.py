@@ -472,10 +472,13 @@ def test_killed_sweep_continues_without_losing_or_repeating_trials(tmp_path):
             start_new_session=True,
         )
         deadline = time.monotonic() + 240
-        # Kill once two trials are finished and the third has started.
+        # Kill once two trials are finished and the third has started: Optuna has stored its
+        # parameters and Hydra has created its job directory (a kill between Optuna creating the
+        # trial and suggesting its parameters would leave a trial with nothing to compare).
         while process.poll() is None and time.monotonic() < deadline:
             counts = trial_counts(sweep_dir / "optuna.db")
-            if counts.get("COMPLETE", 0) >= 2 and counts.get("RUNNING", 0) >= 1:
+            started = (sweep_dir / "2" / ".hydra").exists()
+            if counts.get("COMPLETE", 0) >= 2 and counts.get("RUNNING", 0) >= 1 and started:
                 break
             time.sleep(0.1)
         assert process.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]

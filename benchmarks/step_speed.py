@@ -82,8 +82,8 @@ COLUMNS = (
 
 
 def default_steps(size: int) -> tuple[int, int]:
-    """Steps per run and untimed warm-up steps for a size: 40 at 64 px, fewer at larger sizes."""
-    steps = max(6, round(40 * (64 / size) ** 2))
+    """Steps per run and untimed warm-up steps for a size: 30 at 64 px, fewer at larger sizes."""
+    steps = max(6, round(30 * (64 / size) ** 2))
     return steps, max(2, steps // 5)
 
 
@@ -98,9 +98,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["fp32"])
     parser.add_argument("--steps", type=int, default=None, help="steps per run (default: by size)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed first steps (default: by size)")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs at sizes up to 64")
+    parser.add_argument("--repeats", type=int, default=2, help="runs at sizes up to 64 (median)")
     parser.add_argument(
-        "--large-repeats", type=int, default=1, help="interleaved runs above 64 px (long, steadier steps)"
+        "--large-repeats", type=int, default=1, help="runs above 64 px (longer, steadier steps)"
     )
     parser.add_argument("--model", default=None, help="model config (default: skip_light, skip on cuda)")
     parser.add_argument("--logger", default=None, help="logger config (default: the platform's default)")

@@ -12,7 +12,7 @@ of the replicates added to the epistemic variance (law of total variance). Step-
 early stopping and image logging follow the ensemble's output. Each replicate's metrics, their mean
 and standard deviation and the across-replicate variance map (another uncertainty estimate, what a
 deep ensemble reports) go into metrics.json and the run directory
-(:func:`replicate_report`).
+(:mod:`dip_lightning.replicate_results`).
 
 Supported: ``dip`` and ``mfvi``. ``sgld`` keeps its samples and Langevin noise per network and
 ``mcdropout`` draws dropout masks from the global generator; both are rejected for now.
@@ -20,8 +20,6 @@ Supported: ``dip`` and ``mfvi``. ``sgld`` keeps its samples and Langevin noise p
 
 from __future__ import annotations
 
-import math
-import statistics
 from typing import Any
 
 import torch
@@ -31,11 +29,9 @@ from torch import Tensor
 from dip_lightning.errors import ConfigError
 from dip_lightning.methods.base import DeepImagePrior, rank_seed
 from dip_lightning.methods.dip import DIP
-from dip_lightning.methods.evaluation import evaluate_prediction
 from dip_lightning.methods.mfvi import MeanFieldDIP
 from dip_lightning.methods.prediction import Prediction
 from dip_lightning.metrics.running import ExponentialMovingAverage
-from dip_lightning.metrics.uncertainty import uce
 from dip_lightning.models.replicated import ReplicaNoise, replicate_network
 from dip_lightning.physics.observation import InverseProblem
 
@@ -214,10 +210,19 @@ class ReplicatedMeanFieldDIP(ReplicatedMixin, MeanFieldDIP):
     """``method=mfvi`` with ``method.replicates`` > 1."""
 
 
-REPLICATED: dict[type, type] = {DIP: ReplicatedDIP, MeanFieldDIP: ReplicatedMeanFieldDIP}
+def class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__name__}"
+
+
+REPLICATED: dict[str, type] = {
+    class_path(DIP): ReplicatedDIP,
+    class_path(MeanFieldDIP): ReplicatedMeanFieldDIP,
+}
+"""The replicated variant of each supported method, by the ``_target_`` of its config."""
 
 
 def check_replicates(value: Any, minimum: int = 1) -> int:
+    """``method.replicates`` as an int, or a ConfigError naming it."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError("method.replicates", value, f"must be an integer >= {minimum}")
     return value
@@ -234,15 +239,12 @@ def replicated_method_config(cfg: DictConfig) -> DictConfig:
     if replicates == 1:
         return method_cfg
     target = str(method_cfg._target_)
-    module, _, name = target.rpartition(".")
-    match = next(
-        (r for base, r in REPLICATED.items() if (base.__module__, base.__name__) == (module, name)), None
-    )
-    if match is None:
+    replicated_class = REPLICATED.get(target)
+    if replicated_class is None:
         raise ConfigError(
             "method.replicates",
             replicates,
-            f"{name} cannot train replicates; supported methods: {', '.join(SUPPORTED)}",
+            f"{target.rpartition('.')[2]} cannot train replicates; supported methods: {', '.join(SUPPORTED)}",
         )
     criterion = str(cfg.stopping.criterion.get("_target_", FIXED_STOPPING))
     if criterion != FIXED_STOPPING:
@@ -252,52 +254,5 @@ def replicated_method_config(cfg: DictConfig) -> DictConfig:
             f"early stopping ({criterion.rpartition('.')[2]}) follows one trajectory; use stopping=fixed",
         )
     replicated = OmegaConf.create(OmegaConf.to_container(method_cfg, resolve=True))
-    replicated._target_ = f"{match.__module__}.{match.__name__}"
+    replicated._target_ = class_path(replicated_class)
     return replicated
-
-
-# ---------------------------------------------------------------------------------- the report
-def replicate_report(
-    method: DeepImagePrior, problem: InverseProblem
-) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """Per-replicate metrics, their mean and std, and the across-replicate variance map.
-
-    Returns ``({}, {})`` for a method that is not replicated. Uses the predictions behind the last
-    :meth:`predict_distribution` (the reported ensemble), so the numbers describe the same samples.
-    """
-    if not isinstance(method, ReplicatedMixin):
-        return {}, {}
-    predictions = method.last_replicate_predictions or method.replicate_predictions()
-    history = torch.stack(method.replica_psnr_history).cpu() if method.replica_psnr_history else None
-    per_replicate = []
-    for k, (seed, prediction) in enumerate(zip(method.replicate_seeds, predictions)):
-        entry: dict[str, Any] = {"seed": seed, **evaluate_prediction(prediction, problem)}
-        if history is not None:
-            entry["peak_psnr"] = float(history[:, k].max())
-            entry["peak_step"] = int(history[:, k].argmax())
-        per_replicate.append(entry)
-    metrics: dict[str, Any] = {"replicates": method.replicates, "per_replicate": per_replicate}
-    for name in per_replicate[0]:
-        values = [float(entry[name]) for entry in per_replicate]
-        if name in ("seed", "peak_step") or not all(math.isfinite(v) for v in values):
-            continue
-        metrics[f"{name}_replicate_mean"] = statistics.fmean(values)
-        metrics[f"{name}_replicate_std"] = statistics.stdev(values)
-    means = torch.cat([p.mean for p in predictions])
-    spread = means.var(dim=0, unbiased=False, keepdim=True)
-    metrics["mean_replicate_std_map"] = float(spread.sqrt().mean())
-    if problem.ground_truth is not None:
-        error = (means.mean(dim=0, keepdim=True) - problem.ground_truth).pow(2)
-        metrics["uce_replicates"] = float(uce(error, spread.clamp_min(1e-10)))
-    return metrics, {"variance_replicates": spread}
-
-
-def replicate_summary_line(metrics: dict[str, Any]) -> str | None:
-    """One line of the printed summary: PSNR per replicate and its mean ± std."""
-    if "per_replicate" not in metrics or "psnr_replicate_mean" not in metrics:
-        return None
-    values = ", ".join(f"{entry['psnr']:.2f}" for entry in metrics["per_replicate"])
-    return (
-        f"  {metrics['replicates']} replicates: PSNR {metrics['psnr_replicate_mean']:.2f} ± "
-        f"{metrics['psnr_replicate_std']:.2f} dB ({values}); the reconstruction is their mean"
-    )

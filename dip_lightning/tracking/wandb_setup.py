@@ -117,6 +117,9 @@ def make_wandb_logger(kwargs: dict[str, Any]) -> Any:
     for attempt in attempts:
         try:
             logger = WandbLogger(**attempt)
+            # Lightning passes W&B's retired `anonymous` setting (as None), which only prints a
+            # deprecation warning above every run's summary.
+            logger._wandb_init.pop("anonymous", None)
             _ = logger.experiment
             return logger
         except Exception as error:

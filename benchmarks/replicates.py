@@ -1,9 +1,12 @@
 """Replicated runs: K networks as one batched computation against K runs one after another.
 
 For each method and K, the platform's job with ``method.replicates=K`` is timed (ms per step, as
-in ``step_speed.py``), interleaved with K=1, ``--repeats`` times; "sequential" is K times the K=1
-step, what K separate runs of the same length cost. Goals: on a CPU the batched run is not slower
-than the sequential ones; on a GPU, K=8 at 256x256 takes less than twice the time of K=1.
+in ``step_speed.py``). ``vs_single`` is its step time over the K=1 step; ``speedup`` is K over
+that: how much faster than K separate runs of the same length. On a CPU every run is paired step
+by step with the plain loop of one network, and the K runs are compared through their ratios to
+that common reference, so the load of a shared machine cancels out; the ms columns are medians as
+measured. On a GPU whole runs alternate. Goals: on a CPU the batched run is not slower than the
+sequential ones; on a GPU, K=8 at 256x256 takes less than twice the time of K=1.
 
     python benchmarks/replicates.py                                   # CPU, 64 px, K = 1 and 4
     python benchmarks/replicates.py --device cuda --size 256 --replicates 1 8
@@ -23,7 +26,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import RESULTS, interleaved, markdown, median, platform_measure, write_csv  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    RESULTS,
+    interleaved,
+    markdown,
+    median,
+    paired_measure,
+    platform_measure,
+    write_csv,
+)
 from dip_lightning.run import quiet_third_party_logs  # noqa: E402
 
 COLUMNS = (
@@ -32,9 +43,8 @@ COLUMNS = (
     "replicates",
     "ms_per_step",
     "ms_per_replicate",
-    "sequential_ms",
-    "speedup",
     "vs_single",
+    "speedup",
     "peak_mib",
 )
 
@@ -57,10 +67,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def job(args: argparse.Namespace, method: str, replicates: int) -> list[str]:
+def job(args: argparse.Namespace, method: str) -> list[str]:
+    """The job's overrides, K aside."""
     model = args.model or ("skip" if args.device == "cuda" else "skip_light")
     overrides = [f"method={method}", f"model={model}", f"data.size={args.size}"]
-    overrides += [f"method.replicates={replicates}"]
     overrides.append("trainer=gpu" if args.device == "cuda" else f"num_threads={args.threads}")
     if args.logger:
         overrides.append(f"logger={args.logger}")
@@ -68,15 +78,31 @@ def job(args: argparse.Namespace, method: str, replicates: int) -> list[str]:
 
 
 def method_rows(args: argparse.Namespace, method: str) -> list[dict[str, Any]]:
+    """One row per K. On a CPU each platform run is paired step by step with the plain loop of one
+    network (``step_speed.py``), and K runs are compared through their ratios to that shared
+    reference, which a shared machine's load cancels out of; on a GPU whole runs alternate."""
     counts = sorted({1, *args.replicates})
-    runs = interleaved(
-        {k: (lambda k=k: platform_measure(job(args, method, k), args.steps, args.warmup)) for k in counts},
-        args.repeats,
-    )
-    single = median([m.ms_per_step for m in runs[1]])
+    base = job(args, method)
+    if args.device == "cpu":
+        runs = {k: [] for k in counts}
+        for _ in range(args.repeats):
+            for k in counts:
+                plain, platform = paired_measure(base, [f"method.replicates={k}"], args.steps, args.warmup)
+                runs[k].append((platform.ms_per_step / plain.ms_per_step, platform))
+    else:
+        timed = interleaved(
+            {
+                k: (lambda k=k: platform_measure(job(args, method, k), args.steps, args.warmup))
+                for k in counts
+            },
+            args.repeats,
+        )
+        runs = {k: [(m.ms_per_step, m) for m in timed[k]] for k in counts}
+    relative = {k: median([r for r, _ in runs[k]]) for k in counts}  # ms, or ms over the plain step
     rows = []
     for k in counts:
-        ms = median([m.ms_per_step for m in runs[k]])
+        vs_single = relative[k] / relative[1]
+        ms = median([m.ms_per_step for _, m in runs[k]])
         rows.append(
             {
                 "method": method,
@@ -84,10 +110,9 @@ def method_rows(args: argparse.Namespace, method: str) -> list[dict[str, Any]]:
                 "replicates": k,
                 "ms_per_step": ms,
                 "ms_per_replicate": ms / k,
-                "sequential_ms": k * single,
-                "speedup": k * single / ms,
-                "vs_single": ms / single,
-                "peak_mib": median([m.peak_mib for m in runs[k]]),
+                "vs_single": vs_single,
+                "speedup": k / vs_single,
+                "peak_mib": median([m.peak_mib for _, m in runs[k]]),
             }
         )
     return rows
@@ -120,7 +145,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     rows = [row for method in args.methods for row in method_rows(args, method)]
     print(
         f"\n{args.device}, {args.size}x{args.size}, {args.steps} steps ({args.warmup} warm-up), "
-        f"{args.threads} thread(s), median of {args.repeats} interleaved runs\n"
+        f"{args.threads} thread(s), median of {args.repeats} runs\n"
     )
     print(markdown(rows, COLUMNS) + "\n")
     for line in goal_lines(rows, args.device):

@@ -30,4 +30,4 @@ def test_replicates_benchmark_compares_batched_and_sequential(tmp_path):
         [*args, "--replicates", "2", "--steps", "4", "--warmup", "1", "--out", str(tmp_path / "r.csv")]
     )
     assert [r["replicates"] for r in rows] == [1, 2]
-    assert rows[1]["sequential_ms"] == 2 * rows[0]["ms_per_step"]
+    assert rows[0]["vs_single"] == 1.0 and rows[1]["speedup"] == 2 / rows[1]["vs_single"]

@@ -17,7 +17,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dip_lightning.errors import ConfigError, check_choice, check_positive
-from dip_lightning.models.layers import PADDING_MODES, ConvFactory, check_count, check_kernel
+from dip_lightning.models.layers import (
+    PADDING_MODES,
+    ConvFactory,
+    check_count,
+    check_kernel,
+    grouped_conv2d,
+)
 
 _VAR_FLOOR = 1e-16
 """Smallest pre-activation variance used under the square root; keeps its gradient finite at 0."""
@@ -140,11 +146,11 @@ class MeanFieldConv2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self._pad(x)
-        mean = F.conv2d(x, self.weight_mu, self.bias_mu, self.stride, groups=self.groups)
+        mean = grouped_conv2d(x, self.weight_mu, self.bias_mu, self.stride, groups=self.groups)
         if not self.sample:
             return mean
         bias_sigma = self.bias_sigma
-        var = F.conv2d(
+        var = grouped_conv2d(
             x * x,
             self.weight_sigma.square(),
             None if bias_sigma is None else bias_sigma.square(),

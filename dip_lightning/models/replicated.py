@@ -21,11 +21,12 @@ import copy
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dip_lightning.errors import ConfigError
 from dip_lightning.models.bayesian import MeanFieldConv2d
-from dip_lightning.models.layers import SampleBatchNorm2d
+from dip_lightning.models.layers import SampleBatchNorm2d, grouped_conv2d
 
 
 class ReplicaNoise:
@@ -110,10 +111,22 @@ class GroupedReplicas(nn.Module):
         return f"replicates={self.replicates}"
 
 
+class ReplicaConv2d(nn.Conv2d):
+    """K convolutions as one grouped convolution (run group by group on a CPU, see
+    :func:`~dip_lightning.models.layers.grouped_conv2d`)."""
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        padding = self.padding
+        if self.padding_mode != "zeros":
+            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            padding = 0
+        return grouped_conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups)
+
+
 def _empty_conv(first: nn.Conv2d, k: int) -> nn.Conv2d:
     if first.groups != 1:
         raise ConfigError("method.replicates", k, "grouped convolutions cannot be replicated")
-    return nn.Conv2d(
+    return ReplicaConv2d(
         k * first.in_channels,
         k * first.out_channels,
         first.kernel_size,

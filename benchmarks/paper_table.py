@@ -37,17 +37,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from dip_lightning.config import compose_config  # noqa: E402
 from dip_lightning.run import run  # noqa: E402
 
-CONF = ROOT / "conf"
 RESULTS = Path(__file__).resolve().parent / "results"
 CHEST_XRAY = Path("/work/shared/data/medical/BACTERIA-1351146-0006.jpg")
 METHODS = {"dip": "DIP", "sgld": "SGLD", "mcdropout": "MC dropout", "mfvi": "MFVI"}
@@ -67,20 +62,6 @@ COLUMNS = (
     "nll",
     "seconds",
 )
-
-
-def compose_job(overrides: list[str], output_dir: Path) -> DictConfig:
-    """The config `launch.py <overrides>` would run, writing into ``output_dir``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
 
 
 def sgld_schedule(steps: int) -> tuple[int, int]:
@@ -118,7 +99,7 @@ def job_overrides(method: str, args: argparse.Namespace) -> list[str]:
 
 def run_method(method: str, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     job_dir = out_dir / method
-    cfg = compose_job(job_overrides(method, args), job_dir)
+    cfg = compose_config(job_overrides(method, args), job_dir)
     start = time.perf_counter()
     run(cfg)
     seconds = time.perf_counter() - start

@@ -20,7 +20,6 @@ shared CPU cores (one case needs about 70 s of CPU time):
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import statistics
@@ -36,6 +35,7 @@ from omegaconf import open_dict
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.harness import write_csv  # noqa: E402
 from dip_lightning.config import compose_config  # noqa: E402
 from dip_lightning.run import run  # noqa: E402
 
@@ -190,11 +190,7 @@ def main() -> None:
                     f"{results['peak_step']}, {results['seconds']:.0f} s",
                     flush=True,
                 )
-    args.csv.parent.mkdir(parents=True, exist_ok=True)
-    with args.csv.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, list(rows[0]), args.csv)
     print()
     print(
         f"DIP denoising, {args.size}x{args.size}, model={args.model}, {args.steps} steps, "

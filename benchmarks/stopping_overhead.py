@@ -26,7 +26,6 @@ table gives the median over repetitions. Repetitions are interleaved and the ord
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import statistics
 import sys
@@ -41,6 +40,7 @@ from omegaconf import open_dict
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.harness import write_csv  # noqa: E402
 from dip_lightning.config import compose_config  # noqa: E402
 from dip_lightning.run import run  # noqa: E402
 from dip_lightning.stopping.callback import EarlyStopping  # noqa: E402
@@ -177,11 +177,7 @@ def main() -> None:
                 "criterion_samples_ms": " ".join(f"{s['criterion_ms']:.3f}" for s in samples[name]),
             }
         )
-    args.csv.parent.mkdir(parents=True, exist_ok=True)
-    with args.csv.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, list(rows[0]), args.csv)
 
     print()
     print(

@@ -294,8 +294,10 @@ def reference_measure(
 
 
 def flops_per_step(overrides: Sequence[str], device: torch.device) -> float:
-    """FLOPs of one eager fp32 training step of the plain loop (see ``reference_measure``)."""
-    return reference_measure(overrides, 2, 1, device).flops
+    """FLOPs of one eager fp32 training step of the plain loop (see ``Reference.run_step``)."""
+    cfg, problem, net, z = build_reference(overrides, device)
+    step, state = make_reference_step(cfg, problem, net, z)
+    return Reference(step, state, "fp32", torch.get_rng_state()).run_step(count_flops=True)
 
 
 def measured_peak_gflops(device: torch.device, dtype: torch.dtype = torch.float32, repeats: int = 5) -> float:

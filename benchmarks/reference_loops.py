@@ -51,14 +51,17 @@ def method_kind(cfg: DictConfig) -> str:
     return "dip"
 
 
-def prepare_network(net: nn.Module, z: Tensor, variant: str) -> tuple[nn.Module, Tensor]:
-    """Apply a variant's memory layout or compilation to a plain network and its input."""
+def prepare_network(net: nn.Module, variant: str) -> nn.Module:
+    """Apply a variant's memory layout or compilation to a plain network.
+
+    With ``channels_last`` the input is converted after its noise is drawn, as the platform does:
+    ``randn_like`` of an NHWC tensor fills it in memory order, which would be other noise.
+    """
     if variant == "channels_last":
         net = net.to(memory_format=torch.channels_last)
-        z = z.contiguous(memory_format=torch.channels_last)
     elif variant == "compile":
         net.compile()
-    return net, z
+    return net
 
 
 def make_reference_step(
@@ -67,7 +70,8 @@ def make_reference_step(
     """One training step of the configured method as a closure over its state, and that state."""
     kind = method_kind(cfg)
     m = cfg.method
-    net, z = prepare_network(net, z, variant)
+    net = prepare_network(net, variant)
+    layout = torch.channels_last if variant == "channels_last" else torch.contiguous_format
     device = z.device
     if device.type == "cuda":  # as the platform's trainer sets it
         torch.backends.cudnn.benchmark = bool(cfg.trainer.get("benchmark", False))
@@ -92,7 +96,7 @@ def make_reference_step(
         optimizer.zero_grad(set_to_none=True)
         noisy_z = z + std * torch.randn_like(z) if std > 0 else z
         with autocast:
-            output = net(noisy_z)
+            output = net(noisy_z.contiguous(memory_format=layout))
             image = output[:, :channels]
             residual = operator(image) - observation
             if kind == "mcdropout":

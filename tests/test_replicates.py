@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from dip_lightning.config import build
+from dip_lightning.config import build, compose_config
 from dip_lightning.data.datamodule import SingleObservationDataModule
 from dip_lightning.errors import ConfigError
 from dip_lightning.methods.dip import DIP
@@ -128,3 +128,21 @@ def test_replicated_run_reports_each_replicate_and_their_spread(small_config, tm
     curves = json.loads((tmp_path / "curves.json").read_text())
     assert len(curves["psnr_replicates"]) == 2 and len(curves["psnr_replicates"][0]) == 6
     assert "2 replicates: PSNR" in capsys.readouterr().out
+
+
+def test_a_resumed_replicated_run_continues_exactly(tmp_path):
+    common = ("preset=small", "logger=none", "method=mfvi", "method.replicates=2", *FLOAT64[1:])
+
+    def job(name: str, *overrides: str) -> tuple[dict, dict]:
+        run(compose_config([*common, *overrides], tmp_path / name))
+        read = lambda file: json.loads((tmp_path / name / file).read_text())  # noqa: E731
+        return read("metrics.json"), read("curves.json")
+
+    full, full_curves = job("full", "trainer.max_steps=8")
+    job("half", "trainer.max_steps=4")
+    resumed, resumed_curves = job("resumed", "trainer.max_steps=8", f"ckpt_path={tmp_path / 'half'}")
+    for ours, theirs in zip(resumed_curves["psnr_replicates"], full_curves["psnr_replicates"], strict=True):
+        assert ours == pytest.approx(theirs, rel=1e-6)
+    for ours, theirs in zip(resumed["per_replicate"], full["per_replicate"]):
+        assert ours["psnr"] == pytest.approx(theirs["psnr"], rel=1e-6)
+    assert resumed["psnr"] == pytest.approx(full["psnr"], rel=1e-6)

@@ -35,13 +35,7 @@ UNCERTAIN = ("sgld", "mcdropout", "mfvi")
 SHORT_SGLD = ("method.burn_in=1", "method.sample_every=1")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a shared machine two threads per process can be far slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def method_overrides(method: str) -> list[str]:

@@ -31,12 +31,7 @@ STEPS = 8
 FLOAT64 = ("trainer.precision=64-true", "data.size=32", "method.num_samples=2")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def fit(cfg, steps: int = STEPS):

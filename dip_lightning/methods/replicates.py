@@ -31,6 +31,7 @@ from dip_lightning.methods.base import DeepImagePrior, rank_seed
 from dip_lightning.methods.dip import DIP
 from dip_lightning.methods.mfvi import MeanFieldDIP
 from dip_lightning.methods.prediction import Prediction
+from dip_lightning.methods.resume_state import restore_ema
 from dip_lightning.metrics.running import ExponentialMovingAverage
 from dip_lightning.models.replicated import ReplicaNoise, replicate_network
 from dip_lightning.physics.observation import InverseProblem
@@ -132,10 +133,7 @@ class ReplicatedMixin:
         if record is None:
             return
         device = self.device
-        ema = {**record["ema"]}
-        if ema["shadow"] is not None:
-            ema["shadow"] = ema["shadow"].to(device)
-        self.replica_ema.load_state_dict(ema)
+        restore_ema(self.replica_ema, record["ema"], device)
         if record["images"] is not None:
             self.replica_images = record["images"].to(device)
         self.replica_psnr_history = list(record["psnr_history"].to(device).unbind())

@@ -62,13 +62,18 @@ def restore(method: DeepImagePrior, record: dict[str, Any]) -> None:
     """
     device = method.device
     if record["ema"] is not None and method.ema is not None:
-        ema = {**record["ema"]}
-        if ema["shadow"] is not None:
-            ema["shadow"] = ema["shadow"].to(device)
-        method.ema.load_state_dict(ema)
+        restore_ema(method.ema, record["ema"], device)
     if record["latest_image"] is not None:
         method.latest_image = record["latest_image"].to(device)
     method.psnr_history = list(record["psnr_history"].to(device).unbind())
     method.ema_psnr_history = list(record["ema_psnr_history"].to(device).unbind())
     method.validation_history = [dict(entry) for entry in record["validation_history"]]
     rng.restore(record["rng"])
+
+
+def restore_ema(ema: Any, saved: dict[str, Any], device: torch.device) -> None:
+    """Load a saved output EMA, its shadow image moved to the method's device."""
+    state = {**saved}
+    if state["shadow"] is not None:
+        state["shadow"] = state["shadow"].to(device)
+    ema.load_state_dict(state)

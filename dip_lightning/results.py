@@ -211,7 +211,9 @@ def finalise(
 
     prediction = prediction.detach_cpu()
     files = save_image(output_dir, "reconstruction", prediction.mean)
-    files += save_image(output_dir, "observation", problem.observation.cpu())
+    files += save_image(
+        output_dir, "observation", problem.observation.cpu(), stretch=not is_image_shaped(problem)
+    )
     if not is_image_shaped(problem) or base_metrics:
         files += save_image(output_dir, "baseline", baseline.clamp(0, 1).cpu())
     if problem.ground_truth is not None:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 
 from dip_lightning.config import compose_config
 from dip_lightning.data.synthetic_ct import SyntheticCTDataModule, SyntheticCTDataset
@@ -92,6 +93,9 @@ def test_each_method_runs_dip_tv_on_ct(ct_config, method, extra):
     assert np.load(directory / "baseline.npy").shape == (1, 64, 64)
     assert metrics["baseline_psnr"] > 15.0
     assert np.load(directory / "observation.npy").shape[-2] == 60  # a sinogram with 60 angles
+    # Its PNG spans the grey range instead of clipping the line integrals at 1 (a white block).
+    sinogram_png = np.asarray(Image.open(directory / "observation.png"))
+    assert sinogram_png.min() == 0 and sinogram_png.max() == 255 and (sinogram_png == 255).mean() < 0.05
     transform = json.loads((directory / "transform.json").read_text())
     assert transform["scale"] > 0
     if "operator=ray_transform_fan" in extra:
@@ -112,6 +116,19 @@ def test_ct_task_defaults_and_prior_choice(ct_config):
     # The task's TV default gives way to a prior chosen on the command line.
     plain = ct_config("prior=gaussian")
     assert build_method(plain, build_problem(plain)).image_prior is None
+
+
+def test_ct_and_ct_mfvi_settings(ct_config, small_config):
+    # The task turns the input perturbation off for every method; conf/task_method/ct_mfvi.yaml
+    # gives MFVI on CT a smaller initial posterior std. Neither leaks into other pairs.
+    mfvi = ct_config("method=mfvi")
+    assert mfvi.method.input.perturbation_std == 0.0 and mfvi.method.rho_init_mean == -5.0
+    assert ct_config("method=dip").method.input.perturbation_std == 0.0
+    denoising = small_config("task=denoising", "method=mfvi")
+    assert denoising.method.input.perturbation_std == 0.1 and denoising.method.rho_init_mean == -3.0
+    # The command line still wins, and a search that switches the method gets the pair's settings.
+    assert ct_config("method=mfvi", "method.rho_init_mean=-2").method.rho_init_mean == -2.0
+    assert ct_config("hparams_search=mfvi_prior").method.rho_init_mean == -5.0
 
 
 def test_fbp_baseline_is_accurate_on_shepp_logan(ct_config):

@@ -13,6 +13,7 @@ from PIL import Image
 
 from dip_lightning.errors import ConfigError
 from dip_lightning.metrics.uncertainty import calibration_curve
+from dip_lightning.outputs import save_image
 from dip_lightning.viz.maps import colourise, side_by_side, to_display
 from dip_lightning.viz.plots import calibration_diagram, curves_figure, figure_to_array, save_figure
 
@@ -167,3 +168,17 @@ def test_save_figure_bad_format_leaves_nothing(tmp_path) -> None:
     with pytest.raises(ValueError, match="xyz"):
         save_figure(curves_figure({}, ylabel="y"), tmp_path / "fig.xyz")
     assert os.listdir(tmp_path) == []
+
+
+def test_save_image_stretch_shows_measurements_in_other_units(tmp_path):
+    sinogram = torch.linspace(-2.0, 40.0, 60 * 90).reshape(1, 1, 60, 90)
+    save_image(tmp_path, "clipped", sinogram)
+    save_image(tmp_path, "stretched", sinogram, stretch=True)
+    clipped = np.asarray(Image.open(tmp_path / "clipped.png"))
+    stretched = np.asarray(Image.open(tmp_path / "stretched.png"))
+    assert (clipped == 255).mean() > 0.9  # line integrals above 1 saturate without the stretch
+    assert stretched.min() == 0 and stretched.max() == 255 and len(np.unique(stretched)) == 256
+    # The raw values are saved unchanged either way; a constant measurement shows as black.
+    np.testing.assert_array_equal(np.load(tmp_path / "stretched.npy"), sinogram[0].numpy())
+    save_image(tmp_path, "flat", torch.full((1, 8, 8), 7.0), stretch=True)
+    assert np.asarray(Image.open(tmp_path / "flat.png")).max() == 0

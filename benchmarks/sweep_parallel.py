@@ -7,7 +7,7 @@ to the same CPU cores. The sequential runs give each trial 1 and then 2 torch th
 wall time of each command (start-up included), the training time of its trials (metrics.json
 ``seconds``) and the wall-time ratios.
 
-    python benchmarks/sweep_parallel.py [--steps 300] [--cores 0,1] [--sequential-threads 1,2]
+    python benchmarks/sweep_parallel.py [--steps 2000] [--cores 0,1] [--sequential-threads 1,2]
 
 On a machine shared with other work the ratios move with the load; compare them only between
 runs made under the same conditions.
@@ -59,7 +59,9 @@ def run_sweep(extra: list[str], steps: int, workdir: Path) -> tuple[float, list[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=300, help="training steps per trial")
+    parser.add_argument(
+        "--steps", type=int, default=2000, help="training steps per trial (short trials measure start-up)"
+    )
     parser.add_argument("--cores", default="0,1", help="CPU cores to pin both runs to (comma-separated)")
     parser.add_argument(
         "--sequential-threads",

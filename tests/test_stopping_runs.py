@@ -39,6 +39,7 @@ DETECTION_KEYS = (
 WMV = ("stopping=wmv", "stopping.criterion.window=10", "stopping.criterion.patience=20")
 EMV = ("stopping=emv", "stopping.criterion.alpha=0.1", "stopping.criterion.patience=20")
 MAX_STEPS = 150
+CT_MAX_STEPS = 400
 # torchmetrics' PSNR of a saved float32 image against the per-step PSNR of the same image.
 PSNR_TOLERANCE = 1e-3
 
@@ -80,10 +81,12 @@ def assert_reports_the_detected_output(metrics: dict, run_dir: Path, criterion: 
     assert 0 < metrics["detected_ssim"] <= 1
 
 
-def assert_stopped_early(metrics: dict, patience: int, check_every: int = 10) -> None:
+def assert_stopped_early(
+    metrics: dict, patience: int, check_every: int = 10, max_steps: int = MAX_STEPS
+) -> None:
     """Stopped at the first check at least ``patience`` steps after the detection."""
     assert metrics["stopped_early"] is True
-    assert metrics["steps"] < MAX_STEPS
+    assert metrics["steps"] < max_steps
     assert metrics["steps"] == metrics["stop_step"] + 1
     waited = metrics["stop_step"] - metrics["detected_step"]
     assert patience <= waited < patience + check_every
@@ -114,9 +117,10 @@ def test_emv_stops_early_with_sgld_and_logs_the_detection(small_config, tmp_path
 def test_wmv_stops_early_on_ct(small_config, tmp_path, monkeypatch):
     """Criteria only read the output and the misfit, so a sinogram task needs nothing special."""
     monkeypatch.setenv(CACHE_ENV_VAR, str(tmp_path / "cache"))  # system matrices stay in tmp
-    metrics = fit(small_config, "task=ct", "method=dip", *WMV, f"trainer.max_steps={MAX_STEPS}")
+    # Without input perturbation (the CT default) the output settles later than on denoising.
+    metrics = fit(small_config, "task=ct", "method=dip", *WMV, f"trainer.max_steps={CT_MAX_STEPS}")
     assert_reports_the_detected_output(metrics, tmp_path, "wmv")
-    assert_stopped_early(metrics, patience=20)
+    assert_stopped_early(metrics, patience=20, max_steps=CT_MAX_STEPS)
 
 
 def test_discrepancy_stops_at_the_simulated_noise_level(small_config, tmp_path):

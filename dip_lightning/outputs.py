@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 from torch import Tensor
 
@@ -39,17 +38,13 @@ def atomic_write(path: Path, write: Any, suffix: str) -> Path:
 def save_image(directory: Path, name: str, image: Tensor, stretch: bool = False) -> list[Path]:
     """Save an image (1, C, H, W) or (C, H, W) as ``name.npy`` (raw floats) and ``name.png``.
 
-    The PNG shows [0, 1] clipped; ``stretch`` maps the image's own min-max range to it instead,
-    for measurements in other units (a sinogram would otherwise be one white block).
+    The PNG shows [0, 1] clipped, or with ``stretch`` the image's own range (see :func:`to_display`).
     """
     pixels = image.detach().float().cpu()
-    array = pixels.squeeze(0).numpy()
-    npy = atomic_write(Path(directory) / f"{name}.npy", lambda tmp: np.save(tmp, array), ".npy")
-    if stretch:
-        finite = pixels[torch.isfinite(pixels)]
-        low, high = (float(finite.min()), float(finite.max())) if finite.numel() else (0.0, 1.0)
-        pixels = (pixels - low) / (high - low) if high > low else torch.zeros_like(pixels)
-    display = to_display(pixels)
+    npy = atomic_write(
+        Path(directory) / f"{name}.npy", lambda tmp: np.save(tmp, pixels.squeeze(0).numpy()), ".npy"
+    )
+    display = to_display(pixels, stretch=stretch)
     png = atomic_write(
         Path(directory) / f"{name}.png", lambda tmp: Image.fromarray(display).save(tmp, format="PNG"), ".png"
     )

@@ -211,10 +211,11 @@ def finalise(
 
     prediction = prediction.detach_cpu()
     files = save_image(output_dir, "reconstruction", prediction.mean)
+    measured_in_image_space = is_image_shaped(problem)
     files += save_image(
-        output_dir, "observation", problem.observation.cpu(), stretch=not is_image_shaped(problem)
+        output_dir, "observation", problem.observation.cpu(), stretch=not measured_in_image_space
     )
-    if not is_image_shaped(problem) or base_metrics:
+    if not measured_in_image_space or base_metrics:
         files += save_image(output_dir, "baseline", baseline.clamp(0, 1).cpu())
     if problem.ground_truth is not None:
         files += save_image(output_dir, "ground_truth", problem.ground_truth.cpu())

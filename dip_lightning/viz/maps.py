@@ -61,10 +61,12 @@ def colourise(
     return np.ascontiguousarray(rgba[..., :3])
 
 
-def to_display(image: Tensor) -> np.ndarray:
+def to_display(image: Tensor, stretch: bool = False) -> np.ndarray:
     """Convert a (C, H, W) or (1, C, H, W) image in [0, 1] to uint8: (H, W) grey or (H, W, 3) RGB.
 
     Values are clamped to [0, 1] (NaN shown as 0) because this is for viewing, not measuring.
+    ``stretch`` first maps the image's own finite min-max range to [0, 1], for measurements in
+    other units (a sinogram of line integrals would otherwise be one white block).
     """
     if image.ndim == 4 and image.shape[0] == 1:
         image = image[0]
@@ -73,7 +75,12 @@ def to_display(image: Tensor) -> np.ndarray:
             f"a display image must have shape (C, H, W) or (1, C, H, W) with C in (1, 3), "
             f"got {tuple(image.shape)}"
         )
-    data = torch.nan_to_num(image.detach().to("cpu", torch.float32), nan=0.0).clamp(0.0, 1.0)
+    data = image.detach().to("cpu", torch.float32)
+    if stretch:
+        finite = data[torch.isfinite(data)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.numel() else (0.0, 1.0)
+        data = (data - low) / (high - low) if high > low else torch.zeros_like(data)
+    data = torch.nan_to_num(data, nan=0.0).clamp(0.0, 1.0)
     out = (data * 255.0).round().to(torch.uint8).numpy()
     return out[0] if out.shape[0] == 1 else np.ascontiguousarray(out.transpose(1, 2, 0))
 

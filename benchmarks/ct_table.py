@@ -66,9 +66,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-shepp-logan", action="store_true", help="leave out the Shepp-Logan phantom")
     parser.add_argument("--steps", type=int, default=2000, help="steps of DIP, DIP+TV and MFVI+TV")
     parser.add_argument("--edip-steps", type=int, default=None, help="fine-tuning steps (default: steps / 3)")
+    parser.add_argument(
+        "--method-steps",
+        nargs="+",
+        default=[],
+        metavar="NAME=STEPS",
+        help="another step budget for some methods, e.g. dip=3000 mfvi_tv=2000",
+    )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep the result of a job already run with the same overrides in --out-dir",
+    )
     parser.add_argument("--pretrain-steps", type=int, default=3000, help="educated-DIP pretraining steps")
     parser.add_argument("--pretrain-images", type=int, default=4000, help="ellipse phantoms per epoch")
     parser.add_argument("--pretrain-batch", type=int, default=16, help="pretraining batch size")
+    parser.add_argument("--pretrain-crop", type=int, default=None, help="pretrain on random crops of this side")
     parser.add_argument("--checkpoint", type=Path, default=None, help="reuse this pretrained network")
     parser.add_argument("--model", default="skip_light", help="model config (skip_tiny, skip_light, skip)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
@@ -81,6 +94,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.edip_steps is None:
         args.edip_steps = max(1, args.steps // 3)
+    args.steps_of = {name: args.steps for name in METHODS}
+    args.steps_of["edip"] = args.edip_steps
+    for item in args.method_steps:
+        name, _, value = item.partition("=")
+        if name not in METHODS or name == "fbp" or not value.isdigit() or int(value) < 1:
+            parser.error(f"--method-steps {item}: expected NAME=STEPS with NAME one of {list(METHODS)[1:]}")
+        args.steps_of[name] = int(value)
     return args
 
 
@@ -110,9 +130,18 @@ def common_overrides(args: argparse.Namespace) -> list[str]:
     return [*overrides, *args.overrides]
 
 
-def run_job(overrides: list[str], output_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """One platform job; its metrics.json and curves.json."""
-    run(compose_config(overrides, output_dir))
+def run_job(overrides: list[str], output_dir: Path, reuse: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One platform job; its metrics.json and curves.json.
+
+    With ``reuse``, a finished job of the same overrides in ``output_dir`` (recorded in
+    ``table_job.json``) is read back instead of run again, so a long table can be continued.
+    """
+    record = output_dir / "table_job.json"
+    finished = (output_dir / "metrics.json").exists() and record.exists()
+    if not (reuse and finished and json.loads(record.read_text()) == overrides):
+        record.unlink(missing_ok=True)
+        run(compose_config(overrides, output_dir))
+        record.write_text(json.dumps(overrides))
     metrics = json.loads((output_dir / "metrics.json").read_text())
     curves = json.loads((output_dir / "curves.json").read_text())
     return metrics, curves
@@ -130,6 +159,7 @@ def pretrained_checkpoint(args: argparse.Namespace, data: list[str]) -> Path:
         f"pretrain.max_steps={args.pretrain_steps}",
         f"pretrain.num_images={args.pretrain_images}",
         f"pretrain.batch_size={args.pretrain_batch}",
+        f"pretrain.crop_size={args.pretrain_crop or 'null'}",
     ]
     summary = pretrain(compose_config(overrides, args.out_dir / "pretrained", config_name="pretrain"))
     print(
@@ -159,12 +189,11 @@ def run_image(args: argparse.Namespace, label: str, data: list[str], checkpoint:
     results: dict[str, tuple[dict, dict]] = {}
     for name in [m for m in args.methods if m != "fbp"]:
         overrides = [*common_overrides(args), *data, *METHODS[name][1]]
-        steps = args.edip_steps if name == "edip" else args.steps
-        overrides.append(f"trainer.max_steps={steps}")
+        overrides.append(f"trainer.max_steps={args.steps_of[name]}")
         if name == "edip":
             overrides.append(f"method.checkpoint={checkpoint}")
         start = time.perf_counter()
-        metrics, curves = run_job(overrides, args.out_dir / label / name)
+        metrics, curves = run_job(overrides, args.out_dir / label / name, args.reuse)
         print(f"{label} {name}: {metrics['psnr']:.2f} dB in {time.perf_counter() - start:.0f} s", flush=True)
         results[name] = (metrics, curves)
         rows.append(
@@ -282,9 +311,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if args.checkpoint is not None
         else f"pretraining {args.pretrain_steps} steps x {args.pretrain_batch} images"
     )
+    budgets = ", ".join(f"{name} {args.steps_of[name]}" for name in args.methods if name != "fbp")
     print(
         f"\nCT {args.size}x{args.size}, {args.angles} angles, {args.noise:.1%} noise, model {args.model}, "
-        f"{args.steps} steps (EDIP {args.edip_steps}, {pretraining})\n"
+        f"steps {budgets} ({pretraining})\n"
     )
     print(markdown(table))
     print("\n" + "\n".join(goals(rows, args)))

@@ -182,7 +182,8 @@ def warn_on_new_learning_rate(checkpoint: dict[str, Any], method: DeepImagePrior
     states = checkpoint.get("optimizer_states") or []
     if configured is None or not states or not states[0].get("param_groups"):
         return
-    saved = states[0]["param_groups"][0].get("lr")
+    group = states[0]["param_groups"][0]
+    saved = group.get("initial_lr", group.get("lr"))  # a schedule's starting rate, else the rate
     if saved is not None and abs(float(saved) - float(configured)) > 1e-12 * max(abs(float(saved)), 1.0):
         log.warning(
             "The resumed optimiser keeps its saved learning rate %g; method.optimizer.lr=%g is not applied.",

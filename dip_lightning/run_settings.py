@@ -40,6 +40,13 @@ def check_run_settings(cfg: DictConfig) -> None:
         )
     if trainer.get("check_val_every_n_epoch") is not None:
         check_integer("trainer.check_val_every_n_epoch", trainer.check_val_every_n_epoch, 1)
+    method = cfg.get("method") or {}
+    if method.get("lr_schedule", "constant") != "constant" and trainer.get("max_steps", -1) == -1:
+        raise ConfigError(
+            "method.lr_schedule",
+            method.lr_schedule,
+            "needs a step budget: set trainer.max_steps, or use constant with a stopping rule",
+        )
     checkpoint = cfg.get("checkpoint") or {}
     if "every_n_steps" in checkpoint:
         check_integer("checkpoint.every_n_steps", checkpoint.every_n_steps, 0)

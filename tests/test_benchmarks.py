@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import math
 
-from benchmarks import replicates, step_speed
+from benchmarks import ct_table, replicates, step_speed
 
 TINY = ["--sizes", "32", "--model", "skip_tiny", "--logger", "none", "--repeats", "1"]
 
@@ -31,3 +31,22 @@ def test_replicates_benchmark_compares_batched_and_sequential(tmp_path):
     )
     assert [r["replicates"] for r in rows] == [1, 2]
     assert rows[0]["vs_single"] == 1.0 and rows[1]["speedup"] == 2 / rows[1]["vs_single"]
+
+
+def test_ct_table_runs_per_method_budgets_and_reuses_finished_jobs(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIP_LIGHTNING_CACHE", str(tmp_path / "cache"))
+    args = [
+        *("--size", "32", "--angles", "8", "--ellipses", "1", "--no-shepp-logan", "--model", "skip_tiny"),
+        *("--methods", "fbp", "dip", "dip_tv", "--steps", "4", "--method-steps", "dip=2"),
+        *("--out-dir", str(tmp_path / "table"), "--csv", str(tmp_path / "t.csv"), "--reuse"),
+    ]
+    rows = ct_table.main(args)
+    steps = {r["method"]: r["steps"] for r in rows if r["image"] == "ellipses_0"}
+    assert steps == {"FBP": 0, "DIP": 2, "DIP+TV": 4}
+    metrics = tmp_path / "table" / "ellipses_0" / "dip" / "metrics.json"
+    written = metrics.stat().st_mtime_ns
+    again = ct_table.main(args)  # same jobs: read back, not run again
+    assert metrics.stat().st_mtime_ns == written
+    assert [r["psnr"] for r in again] == [r["psnr"] for r in rows]
+    ct_table.main([a if a != "dip=2" else "dip=3" for a in args])  # another budget: run again
+    assert metrics.stat().st_mtime_ns != written

@@ -23,7 +23,7 @@ from dip_lightning.models.skip import SkipNet
 from dip_lightning.physics.ct_noise import PoissonLogNoise
 from dip_lightning.physics.noise import GaussianNoise
 from dip_lightning.physics.ray_transform import CACHE_ENV_VAR, RayTransform
-from dip_lightning.pretrain import pretrain
+from dip_lightning.pretrain import SupervisedPretraining, pretrain, random_crop
 from dip_lightning.priors import TotalVariation
 from dip_lightning.run import build_method, build_problem, run
 from tests.conftest import run_cli
@@ -190,6 +190,35 @@ def test_pretraining_then_educated_dip(tmp_path):
     run(cfg)
     _, metrics = outputs(cfg)
     assert metrics["status"] == "completed" and metrics["steps"] == 3
+
+
+def test_pretraining_on_crops_checks_the_crop_size(tmp_path, monkeypatch):
+    seen: list[tuple[int, ...]] = []
+    original = SupervisedPretraining.forward
+
+    def record(self, fbp):
+        seen.append(tuple(fbp.shape[-2:]))
+        return original(self, fbp)
+
+    monkeypatch.setattr(SupervisedPretraining, "forward", record)
+    overrides = ["task=ct", "preset=small", "logger=none", f"method.checkpoint={tmp_path / 'net.pt'}"]
+    summary = pretrain(
+        compose_pretrain([*overrides, *TINY_PRETRAINING, "pretrain.crop_size=32"], tmp_path / "a")
+    )
+    assert summary["steps"] == 2
+    assert seen.count((32, 32)) == 2  # the two training batches
+    assert (64, 64) in seen  # validation on whole images
+    for bad in ("20", "8", "128", "0"):  # skip_tiny: multiples of 8, at least 16; image 64x64
+        cfg = compose_pretrain([*overrides, *TINY_PRETRAINING, f"pretrain.crop_size={bad}"], tmp_path / bad)
+        with pytest.raises(ConfigError, match="pretrain.crop_size"):
+            pretrain(cfg)
+
+
+def test_random_crop_cuts_the_same_window():
+    image = torch.arange(64.0).reshape(1, 1, 8, 8)
+    first, second = random_crop(4, image, image + 100)
+    assert first.shape == (1, 1, 4, 4)
+    torch.testing.assert_close(second, first + 100)
 
 
 def test_default_checkpoint_path_names_task_and_model(ct_config):

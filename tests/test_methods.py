@@ -386,6 +386,8 @@ def test_rank_seeds_differ_per_rank_and_per_seed():
         (("method=sgld", "method.sample_every=0"), "method.sample_every"),
         (("method=sgld", "method.noisy_parameters=biases"), "method.noisy_parameters"),
         (("method=mcdropout", "method.num_samples=0"), "method.num_samples"),
+        (("method=dip", "method.lr_schedule=linear"), "method.lr_schedule"),
+        (("method=dip", "method.lr_schedule=cosine", "trainer.max_steps=-1"), "method.lr_schedule"),
     ],
 )
 def test_bad_hyperparameters_fail_before_training(small_config, tmp_path, overrides, setting):
@@ -408,3 +410,17 @@ def test_paper_table_keeps_the_sgld_schedule_inside_short_runs():
     overrides = module.job_overrides("sgld", args)
     assert "trainer.max_steps=40" in overrides and "data=camera" in overrides
     assert "method.burn_in=14" in overrides and "method.sample_every=1" in overrides
+
+
+@pytest.mark.parametrize("method", ["dip", "sgld"])
+def test_cosine_schedule_takes_the_rate_to_zero_at_max_steps(small_config, tmp_path, method):
+    run(small_config(f"method={method}", "method.lr_schedule=cosine", "trainer.max_steps=6"))
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    (group,) = checkpoint["optimizer_states"][0]["param_groups"]
+    assert group["initial_lr"] == pytest.approx(build_config_lr(small_config, method))
+    assert group["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert checkpoint["lr_schedulers"][0]["last_epoch"] == 6
+
+
+def build_config_lr(small_config, method: str) -> float:
+    return float(small_config(f"method={method}").method.optimizer.lr)

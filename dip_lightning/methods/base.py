@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 LIKELIHOODS = ("mse", "nll")
 RECONSTRUCTIONS = ("ema", "last", "predictive_mean")
+LR_SCHEDULES = ("constant", "cosine")
 RANK_SEED_STRIDE = 1000
 """Training-noise seed of rank r is ``seed * RANK_SEED_STRIDE + r``: distinct for up to 1000 ranks."""
 
@@ -89,6 +90,9 @@ class DeepImagePrior(pl.LightningModule):
         log_precision_clamp: |s| bound of the predicted log-precision in the NLL.
         grad_clip: max gradient norm (0 disables); CT DIP+TV uses 1.
         divergence_check_every: steps between finiteness checks of the loss (each costs a device sync).
+        lr_schedule: ``constant`` (the DIP papers) or ``cosine``: the learning rate falls from its
+            configured value to zero over ``trainer.max_steps`` (CosineAnnealingLR, per step), so
+            the last iterates settle instead of jittering at the full rate.
         replicates: K independent networks trained as one (``dip_lightning.methods.replicates``);
             this class trains one, the replicated variants more.
     """
@@ -106,6 +110,7 @@ class DeepImagePrior(pl.LightningModule):
         log_precision_clamp: float = 20.0,
         grad_clip: float = 0.0,
         divergence_check_every: int = 1,
+        lr_schedule: str = "constant",
         seed: int = 0,
         replicates: int = 1,
     ) -> None:
@@ -127,6 +132,7 @@ class DeepImagePrior(pl.LightningModule):
             check_positive("method.divergence_check_every", divergence_check_every)
         )
         check_positive("method.input.perturbation_std", settings["perturbation_std"], allow_zero=True)
+        self.lr_schedule = str(check_choice("method.lr_schedule", lr_schedule, LR_SCHEDULES))
         self.seed = seed
         if replicates != 1:
             raise ConfigError(
@@ -242,8 +248,13 @@ class DeepImagePrior(pl.LightningModule):
                 checksum,
             )
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_factory(params=self.parameters())
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.lr_schedule == "constant":
+            return optimizer
+        # run_settings.check_run_settings has made sure there is a step budget.
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, self.trainer.max_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ forward
     def split_output(self, output: Tensor) -> tuple[Tensor, Tensor | None]:

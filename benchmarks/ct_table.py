@@ -81,7 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pretrain-steps", type=int, default=3000, help="educated-DIP pretraining steps")
     parser.add_argument("--pretrain-images", type=int, default=4000, help="ellipse phantoms per epoch")
     parser.add_argument("--pretrain-batch", type=int, default=16, help="pretraining batch size")
-    parser.add_argument("--pretrain-crop", type=int, default=None, help="pretrain on random crops of this side")
+    parser.add_argument(
+        "--pretrain-crop", type=int, default=None, help="pretrain on random crops of this side"
+    )
     parser.add_argument("--checkpoint", type=Path, default=None, help="reuse this pretrained network")
     parser.add_argument("--model", default="skip_light", help="model config (skip_tiny, skip_light, skip)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
@@ -130,7 +132,9 @@ def common_overrides(args: argparse.Namespace) -> list[str]:
     return [*overrides, *args.overrides]
 
 
-def run_job(overrides: list[str], output_dir: Path, reuse: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+def run_job(
+    overrides: list[str], output_dir: Path, reuse: bool = False
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """One platform job; its metrics.json and curves.json.
 
     With ``reuse``, a finished job of the same overrides in ``output_dir`` (recorded in

@@ -253,7 +253,9 @@ class DeepImagePrior(pl.LightningModule):
         if self.lr_schedule == "constant":
             return optimizer
         # run_settings.check_run_settings has made sure there is a step budget.
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, self.trainer.max_steps))
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(1, self.trainer.max_steps)
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ forward

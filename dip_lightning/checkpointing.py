@@ -192,6 +192,25 @@ def warn_on_new_learning_rate(checkpoint: dict[str, Any], method: DeepImagePrior
         )
 
 
+def check_schedule_budget(checkpoint: dict[str, Any], max_steps: int | None, path: Path) -> None:
+    """Refuse to resume a scheduled run with another step budget.
+
+    The cosine schedule's length is ``trainer.max_steps`` of the run that wrote the checkpoint and
+    is restored with it; past that length the rate would climb again, and shortening it would
+    jump the rate. A run on another budget is a new run.
+    """
+    schedulers = checkpoint.get("lr_schedulers") or []
+    planned = schedulers[0].get("T_max") if schedulers else None
+    if planned is not None and max_steps is not None and max_steps != planned:
+        raise ConfigError(
+            "trainer.max_steps",
+            max_steps,
+            f"differs from the {planned} steps over which the learning-rate schedule of {path} "
+            f"falls to zero (method.lr_schedule); resume with trainer.max_steps={planned}, or start "
+            "a new run",
+        )
+
+
 def prepare_resume(value: Any, method: DeepImagePrior, max_steps: int | None = None) -> Path | None:
     """Resolve, read and check ``ckpt_path`` before training; None when not resuming."""
     if value in (None, ""):
@@ -200,6 +219,7 @@ def prepare_resume(value: Any, method: DeepImagePrior, max_steps: int | None = N
     checkpoint = read(path)
     check_compatible(checkpoint, method, path)
     warn_on_new_learning_rate(checkpoint, method)
+    check_schedule_budget(checkpoint, max_steps, path)
     step = int(checkpoint.get("global_step", 0))
     log.info("resuming from %s at step %d", path, step)
     if max_steps is not None and 0 < max_steps <= step:

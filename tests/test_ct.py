@@ -109,7 +109,9 @@ def test_ct_task_defaults_and_prior_choice(ct_config):
     cfg = ct_config()
     assert cfg.operator.num_angles == 60 and cfg.noise.relative and cfg.noise.sigma == 0.05
     assert cfg.data.kind == "shepp_logan" and cfg.data.size == 64
-    assert cfg.method.grad_clip == 1.0
+    assert cfg.method.grad_clip == 1.0 and cfg.method.lr_schedule == "cosine"
+    assert ct_config("method=edip").method.lr_schedule == "cosine"
+    assert ct_config("method.lr_schedule=constant").method.lr_schedule == "constant"
     problem = build_problem(cfg)
     assert isinstance(problem.operator, RayTransform) and problem.image_shape == (64, 64)
     assert isinstance(build_method(cfg, problem).image_prior, TotalVariation)
@@ -126,6 +128,7 @@ def test_ct_and_ct_mfvi_settings(ct_config, small_config):
     assert ct_config("method=dip").method.input.perturbation_std == 0.0
     denoising = small_config("task=denoising", "method=mfvi")
     assert denoising.method.input.perturbation_std == 0.1 and denoising.method.rho_init_mean == -3.0
+    assert denoising.method.lr_schedule == "constant"
     # The command line still wins, and a search that switches the method gets the pair's settings.
     assert ct_config("method=mfvi", "method.rho_init_mean=-2").method.rho_init_mean == -2.0
     assert ct_config("hparams_search=mfvi_prior").method.rho_init_mean == -5.0

@@ -21,6 +21,7 @@ from torch import nn
 from dip_lightning.config import build
 from dip_lightning.data.datamodule import SingleObservationDataModule
 from dip_lightning.errors import ConfigError
+from dip_lightning.methods.backtracking import Backtracking, loss_ratio
 from dip_lightning.methods.base import DeepImagePrior, rank_seed
 from dip_lightning.methods.sgld import SGLDDIP, add_langevin_noise, langevin_parameters
 from dip_lightning.models.bayesian import MeanFieldConv2d
@@ -47,14 +48,16 @@ def build_attached(cfg) -> DeepImagePrior:
     return build_method(cfg, build_problem(cfg))
 
 
-def fit(cfg, steps: int, validate_every: int | None = None) -> DeepImagePrior:
+def fit(
+    cfg, steps: int, validate_every: int | None = None, callbacks: list[pl.Callback] | None = None
+) -> DeepImagePrior:
     """Train the method of ``cfg`` for ``steps`` steps without writing any output."""
     method = build_attached(cfg)
     trainer = build(
         cfg.trainer,
         max_steps=steps,
         logger=False,
-        callbacks=[],
+        callbacks=callbacks or [],
         check_val_every_n_epoch=validate_every or 1,
         limit_val_batches=1.0 if validate_every else 0,
     )
@@ -388,6 +391,8 @@ def test_rank_seeds_differ_per_rank_and_per_seed():
         (("method=mcdropout", "method.num_samples=0"), "method.num_samples"),
         (("method=dip", "method.lr_schedule=linear"), "method.lr_schedule"),
         (("method=dip", "method.lr_schedule=cosine", "trainer.max_steps=-1"), "method.lr_schedule"),
+        (("method=dip", "method.backtrack_db=0"), "method.backtrack_db"),
+        (("method=mfvi", "method.backtrack_db=-5"), "method.backtrack_db"),
     ],
 )
 def test_bad_hyperparameters_fail_before_training(small_config, tmp_path, overrides, setting):
@@ -424,3 +429,75 @@ def test_cosine_schedule_takes_the_rate_to_zero_at_max_steps(small_config, tmp_p
 
 def build_config_lr(small_config, method: str) -> float:
     return float(small_config(f"method={method}").method.optimizer.lr)
+
+
+def test_backtracking_restores_weights_and_optimiser_state_and_halves_the_rate():
+    net = nn.Conv2d(1, 2, 3)
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.1)
+    guard = Backtracking(drop_db=5.0)
+    assert loss_ratio(5.0) == pytest.approx(10**0.5)
+
+    def adam_step() -> None:
+        net(torch.ones(1, 1, 4, 4)).square().sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    assert not guard.step(net, optimizer, torch.tensor(1.0))  # no optimiser state yet
+    adam_step()
+    assert not guard.step(net, optimizer, torch.tensor(3.0))  # a 4.8 dB drop is allowed
+    weights = [p.detach().clone() for p in net.parameters()]
+    moments = [optimizer.state[p]["exp_avg"].clone() for p in net.parameters()]
+    adam_step()
+    assert guard.step(net, optimizer, torch.tensor(3.0 * 3.2))  # 5.05 dB: back to the loss-3 point
+    assert all(torch.equal(p, q) for p, q in zip(net.parameters(), weights))
+    assert all(torch.equal(optimizer.state[p]["exp_avg"], m) for p, m in zip(net.parameters(), moments))
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
+    assert guard.step(net, optimizer, torch.tensor(float("nan")))
+    assert guard.restores == 2 and guard.accepted_loss == 3.0
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.025)
+
+
+def test_backtracking_before_the_first_update_clears_the_optimiser_state():
+    net = nn.Linear(2, 1)
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.1)
+    guard = Backtracking(drop_db=3.0)
+    guard.step(net, optimizer, torch.tensor(1.0))
+    net(torch.ones(1, 2)).sum().backward()
+    optimizer.step()
+    assert guard.step(net, optimizer, torch.tensor(10.0))
+    assert all(p not in optimizer.state for p in net.parameters())
+
+
+class ScrambleWeights(pl.Callback):
+    """Throw the network far off before one step, as a bad Adam update does."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            generator = torch.Generator().manual_seed(0)
+            with torch.no_grad():
+                for p in pl_module.net.parameters():
+                    p.add_(5.0 * torch.randn(p.shape, generator=generator))
+
+
+@pytest.mark.parametrize("method", ["dip", "sgld"])
+def test_backtracking_takes_a_collapsed_step_again_from_the_previous_weights(small_config, method):
+    steady = (*method_overrides(method), "method.input.perturbation_std=0")
+    guarded = fit(small_config(*steady, "method.backtrack_db=5"), 14, callbacks=[ScrambleWeights(10)])
+    psnr = torch.stack(guarded.psnr_history)
+    assert len(psnr) == 14 and guarded.backtracking_summary() == {"backtracks": 1}
+    assert guarded.optimizers(use_pl_optimizer=False).param_groups[0]["lr"] == pytest.approx(
+        0.5 * float(small_config(method_overrides(method)[0]).method.optimizer.lr)
+    )
+    # Step 10 evaluates the weights of step 9 again.
+    assert psnr[10] == pytest.approx(float(psnr[9]), abs=1e-4)
+    unguarded = fit(small_config(*steady), 14, callbacks=[ScrambleWeights(10)])
+    assert unguarded.backtracking_summary() == {}
+    assert float(torch.stack(unguarded.psnr_history)[10]) < float(psnr[9]) - 3.0
+
+
+def test_backtracking_run_reports_the_number_of_restores(small_config, tmp_path):
+    run(small_config("method=dip", "method.backtrack_db=5", "trainer.max_steps=5"))
+    assert json.loads((tmp_path / "metrics.json").read_text())["backtracks"] == 0

@@ -101,6 +101,21 @@ def test_resuming_with_another_learning_rate_says_it_is_not_applied(tmp_path, ca
     assert "keeps its saved learning rate 0.01; method.optimizer.lr=0.05 is not applied" in caplog.text
 
 
+def test_a_cosine_run_resumes_only_on_its_own_step_budget(tmp_path, signal_handlers):
+    cosine = ("method.lr_schedule=cosine",)
+    stopped = tmp_path / "stopped"
+    signal_at = "+callbacks.signal={_target_:tests.interrupting.SignalAt,step:4}"
+    with pytest.raises(KeyboardInterrupt):
+        run(compose_config([*BASE, *cosine, "trainer.max_steps=8", signal_at], stopped))
+    with pytest.raises(ConfigError, match=r"trainer\.max_steps") as refused:
+        job(tmp_path, "longer", *cosine, "trainer.max_steps=12", f"ckpt_path={stopped}")
+    assert "resume with trainer.max_steps=8" in str(refused.value)
+    assert not (tmp_path / "longer" / "metrics.json").exists()
+    full, _ = job(tmp_path, "full", *cosine, "trainer.max_steps=8")
+    resumed, _ = job(tmp_path, "resumed", *cosine, "trainer.max_steps=8", f"ckpt_path={stopped}")
+    assert_same_results(full, resumed)
+
+
 def test_checkpoints_are_periodic_complete_and_load_with_weights_only(tmp_path):
     directory, metrics = job(
         tmp_path,

@@ -28,6 +28,7 @@ from dip_lightning.errors import (
     check_positive,
 )
 from dip_lightning.methods import resume_state
+from dip_lightning.methods.backtracking import Backtracking
 from dip_lightning.methods.network_input import make_network_input, perturb
 from dip_lightning.methods.prediction import Prediction
 from dip_lightning.metrics.image import fast_psnr
@@ -93,6 +94,11 @@ class DeepImagePrior(pl.LightningModule):
         lr_schedule: ``constant`` (the DIP papers) or ``cosine``: the learning rate falls from its
             configured value to zero over ``trainer.max_steps`` (CosineAnnealingLR, per step), so
             the last iterates settle instead of jittering at the full rate.
+        backtrack_db: when the data-fidelity loss of a step is worse than the last accepted one by
+            more than this many dB of PSNR against the measurement, the weights of that step are
+            restored with the optimiser's state, and the step is taken again at half the learning
+            rate (``dip_lightning.methods.backtracking``; the DIP code's fallback used 5 dB).
+            None disables it.
         replicates: K independent networks trained as one (``dip_lightning.methods.replicates``);
             this class trains one, the replicated variants more.
     """
@@ -111,6 +117,7 @@ class DeepImagePrior(pl.LightningModule):
         grad_clip: float = 0.0,
         divergence_check_every: int = 1,
         lr_schedule: str = "constant",
+        backtrack_db: float | None = None,
         seed: int = 0,
         replicates: int = 1,
     ) -> None:
@@ -133,6 +140,8 @@ class DeepImagePrior(pl.LightningModule):
         )
         check_positive("method.input.perturbation_std", settings["perturbation_std"], allow_zero=True)
         self.lr_schedule = str(check_choice("method.lr_schedule", lr_schedule, LR_SCHEDULES))
+        self.backtrack_db = None if backtrack_db is None else Backtracking(backtrack_db).drop_db
+        self.backtracking: Backtracking | None = None
         self.seed = seed
         if replicates != 1:
             raise ConfigError(
@@ -170,6 +179,7 @@ class DeepImagePrior(pl.LightningModule):
         self.register_buffer("peak_ema_psnr", torch.tensor(-math.inf))
         self.register_buffer("best_image", torch.zeros(1, problem.channels, *problem.image_shape))
         self.ema = ExponentialMovingAverage(self.ema_decay)
+        self.backtracking = None if self.backtrack_db is None else Backtracking(self.backtrack_db)
         self.psnr_history: list[Tensor] = []
         self.ema_psnr_history: list[Tensor] = []
         self.validation_history = []
@@ -296,6 +306,17 @@ class DeepImagePrior(pl.LightningModule):
         z = self.perturbed_input()
         image, log_precision = self(z)
         loss = self.data_fidelity(image, log_precision)
+        optimizer = self.optimizers(use_pl_optimizer=False)
+        if self.backtracking is not None and self.backtracking.step(self, optimizer, self.rank_mean(loss)):
+            log.info(
+                "step %d: the fit to the measurement fell by more than %g dB; back to the previous "
+                "step's weights, learning rate now %.3g",
+                self.global_step,
+                self.backtrack_db,
+                optimizer.param_groups[0]["lr"],
+            )
+            image, log_precision = self(z)
+            loss = self.data_fidelity(image, log_precision)
         self.log_step("train/data_fidelity", loss.detach())
         if self.image_prior is not None:
             regulariser = self.image_prior(image)
@@ -310,6 +331,13 @@ class DeepImagePrior(pl.LightningModule):
         self.log_step("train/loss", loss.detach())
         self.track_output(image.detach())
         return loss
+
+    def rank_mean(self, value: Tensor) -> Tensor:
+        """``value`` averaged over the data-parallel ranks, so that all of them decide alike."""
+        value = value.detach()
+        if self.trainer.world_size > 1:
+            value = self.trainer.strategy.reduce(value, reduce_op="mean")
+        return value
 
     def log_step(self, name: str, value: Tensor) -> None:
         """Log a per-step scalar, only on the steps whose values reach the loggers (see
@@ -410,6 +438,10 @@ class DeepImagePrior(pl.LightningModule):
         for name, value in metrics.items():
             self.log(f"val/{name}", value, on_step=False, on_epoch=True, sync_dist=distributed)
         self.validation_history.append({"step": int(self.global_step), **metrics})
+
+    def backtracking_summary(self) -> dict[str, int]:
+        """How many steps were taken again after a collapse (metrics.json ``backtracks``)."""
+        return {} if self.backtracking is None else {"backtracks": self.backtracking.restores}
 
     def peak_summary(self) -> dict[str, float]:
         """Peak PSNR of the output and of the EMA over the run, with the step of the peak."""

@@ -5,8 +5,9 @@ output's PSNR against the truth falls by 10 dB or more in one step and the run n
 steps to climb back, while the output EMA, which the run reports, soaks up the bad images. The
 original DIP code guards against this by watching the PSNR of the output against the *noisy
 measurement* and, when it drops by more than 5 dB from one step to the next, restoring the weights
-of the step before. This module does the same with the data-fidelity loss (a PSNR drop of d dB is
-the loss growing by a factor 10^(d/10)); it uses the measurement only, never the ground truth.
+of the step before. This module watches the data-fidelity loss the same way (a PSNR drop of d dB
+is the loss growing by a factor 10^(d/10)), using the measurement only, never the ground truth; it
+also puts back the optimiser's state and halves the learning rate, for the reason given below.
 """
 
 from __future__ import annotations

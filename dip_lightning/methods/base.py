@@ -306,15 +306,7 @@ class DeepImagePrior(pl.LightningModule):
         z = self.perturbed_input()
         image, log_precision = self(z)
         loss = self.data_fidelity(image, log_precision)
-        optimizer = self.optimizers(use_pl_optimizer=False)
-        if self.backtracking is not None and self.backtracking.step(self, optimizer, self.rank_mean(loss)):
-            log.info(
-                "step %d: the fit to the measurement fell by more than %g dB; back to the previous "
-                "step's weights, learning rate now %.3g",
-                self.global_step,
-                self.backtrack_db,
-                optimizer.param_groups[0]["lr"],
-            )
+        if self.backtracking is not None and self.collapsed_and_restored(loss):
             image, log_precision = self(z)
             loss = self.data_fidelity(image, log_precision)
         self.log_step("train/data_fidelity", loss.detach())
@@ -331,6 +323,20 @@ class DeepImagePrior(pl.LightningModule):
         self.log_step("train/loss", loss.detach())
         self.track_output(image.detach())
         return loss
+
+    def collapsed_and_restored(self, loss: Tensor) -> bool:
+        """Let backtracking judge this step's loss; True when it put the previous weights back."""
+        optimizer = self.optimizers(use_pl_optimizer=False)
+        if not self.backtracking.step(self, optimizer, self.rank_mean(loss)):
+            return False
+        log.info(
+            "step %d: the fit to the measurement fell by more than %g dB; back to the previous "
+            "step's weights, learning rate now %.3g",
+            self.global_step,
+            self.backtrack_db,
+            optimizer.param_groups[0]["lr"],
+        )
+        return True
 
     def rank_mean(self, value: Tensor) -> Tensor:
         """``value`` averaged over the data-parallel ranks, so that all of them decide alike."""

@@ -17,8 +17,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dip_lightning.errors import check_positive
-
 LR_BACKOFF = 0.5
 """Factor applied to every learning rate at each restore, for the rest of the run."""
 
@@ -41,7 +39,7 @@ class Backtracking:
     """
 
     def __init__(self, drop_db: float) -> None:
-        self.drop_db = float(check_positive("method.backtrack_db", drop_db))
+        self.drop_db = float(drop_db)  # checked where the setting is read (DeepImagePrior)
         self.ratio = loss_ratio(self.drop_db)
         self.weights: list[Tensor] | None = None
         self.moments: list[dict[str, Any] | None] = []
@@ -95,7 +93,7 @@ def _copy_state(state: dict[str, Any] | None, into: dict[str, Any] | None) -> di
     for key, value in state.items():
         if isinstance(value, Tensor):
             target = None if into is None else into.get(key)
-            if isinstance(target, Tensor) and target.shape == value.shape and target is not value:
+            if isinstance(target, Tensor) and target.shape == value.shape:
                 copy[key] = target.copy_(value)
             else:
                 copy[key] = value.clone()

@@ -140,7 +140,9 @@ class DeepImagePrior(pl.LightningModule):
         )
         check_positive("method.input.perturbation_std", settings["perturbation_std"], allow_zero=True)
         self.lr_schedule = str(check_choice("method.lr_schedule", lr_schedule, LR_SCHEDULES))
-        self.backtrack_db = None if backtrack_db is None else Backtracking(backtrack_db).drop_db
+        self.backtrack_db = (
+            None if backtrack_db is None else float(check_positive("method.backtrack_db", backtrack_db))
+        )
         self.backtracking: Backtracking | None = None
         self.seed = seed
         if replicates != 1:

@@ -276,11 +276,12 @@ def goals(rows: list[dict], args: argparse.Namespace) -> list[str]:
             budget = math.floor(tv["steps"] * GOAL_STEP_FRACTION)
             reached = edip["steps_to_reach"]
             verdict = "met" if reached is not None and reached <= budget else "not met"
-            shown = f"{reached} steps" if reached is not None else f"not within {edip['steps']} steps"
-            lines.append(
-                f"{image}: EDIP reaches DIP+TV's {tv['psnr']:.2f} dB after {shown} "
-                f"(goal <= {budget} = DIP+TV's {tv['steps']} / 3: {verdict})"
-            )
+            target = f"DIP+TV's {tv['psnr']:.2f} dB"
+            if reached is None:
+                shown = f"does not reach {target} within {edip['steps']} steps"
+            else:
+                shown = f"reaches {target} after {reached} steps"
+            lines.append(f"{image}: EDIP {shown} (goal <= {budget} = DIP+TV's {tv['steps']} / 3: {verdict})")
     return lines
 
 

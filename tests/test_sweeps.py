@@ -34,7 +34,8 @@ from dip_lightning.physics.observation import make_observation
 from dip_lightning.report import build_report, main
 from dip_lightning.sweeps.devices import assign_gpu, parallel_jobs, round_robin_device, share_threads
 from dip_lightning.sweeps.objective import objective_from_config
-from dip_lightning.sweeps.optuna_sweeper import trial_outcome
+from dip_lightning.sweeps.outcome import trial_outcome
+from dip_lightning.sweeps.storage import open_storage
 from tests.conftest import ROOT, run_cli
 
 FAST = ["preset=small", "logger=none", "num_threads=1", "trainer.check_val_every_n_epoch=1000"]
@@ -47,7 +48,7 @@ def compose_with_hydra(overrides: list[str]):
 
 
 def load_study(sweep_dir: Path) -> optuna.Study:
-    storage = f"sqlite:///{sweep_dir / 'optuna.db'}"
+    storage = open_storage(str(sweep_dir / "optuna.journal"))
     (summary,) = optuna.study.get_all_study_summaries(storage=storage)
     return optuna.load_study(study_name=summary.study_name, storage=storage)
 
@@ -255,7 +256,7 @@ def test_search_configs_compose_for_any_task():
     assert all(low <= s <= high for s in (0.05, 0.1, 0.36))
     # A stable directory (no timestamp) per search, task, data and preset: re-running continues it.
     assert cfg.hydra.sweep.dir.endswith("outputs/sweeps/mfvi_prior-super_resolution-camera-cpu")
-    assert "optuna.db" in sweeper.storage
+    assert sweeper.storage.endswith("optuna.journal")
 
     tv = compose_with_hydra(["hparams_search=tv_lambda", "task=inpainting"])
     assert tv.prior.image_prior._target_ == "dip_lightning.priors.TotalVariation"
@@ -265,6 +266,11 @@ def test_search_configs_compose_for_any_task():
     assert list(multi.optimized_metric) == ["psnr", "uce"]
     assert list(multi.optimization_direction) == ["maximize", "minimize"]
     assert multi.hydra.sweeper.sampler._target_ == "optuna.samplers.NSGAIISampler"
+    # One parameter: the paper's GP Bayesian optimisation is the default; its protocol on request.
+    assert cfg.hydra.sweeper.sampler._target_ == "optuna.samplers.GPSampler"
+    paper = compose_with_hydra(["hparams_search=mfvi_prior_paper"]).hydra.sweeper
+    assert [p["prior.sigma"] for p in paper.enqueue] == [0.075, 0.175, 0.275, 0.375]
+    assert paper.params["prior.sigma"] == "interval(0.01, 0.4)" and paper.sampler.n_startup_trials == 4
 
 
 def test_launcher_configs():
@@ -522,7 +528,7 @@ def test_plugin_shim_lives_in_the_hydra_plugins_namespace():
     # Hydra only loads sweepers from the hydra_plugins namespace package; it must stay a namespace
     # package (no __init__.py) so that the installed plugins next to it remain visible.
     assert not (ROOT / "hydra_plugins" / "__init__.py").exists()
-    import hydra_plugins.hydra_optuna_sweeper  # noqa: F401
+    import hydra_plugins.hydra_joblib_launcher  # noqa: F401
 
     import hydra_plugins.dip_lightning_sweeps.resumable_optuna_sweeper as shim
 

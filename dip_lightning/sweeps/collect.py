@@ -112,23 +112,29 @@ def find_job_dirs(root: Path) -> list[Path]:
 
 
 def load_study(root: Path) -> StudyInfo | None:
-    """The Optuna study stored in a SQLite file in ``root`` (the first, if there are several)."""
-    databases = sorted(root.glob("*.db"))
-    if not databases:
+    """The Optuna study of a sweep directory: its journal, SQLite file or ``study.yaml`` pointer.
+
+    The first study found is used; a storage that cannot be read (an older Optuna's schema, a
+    server that is down) is skipped, so the report still lists the jobs.
+    """
+    from dip_lightning.sweeps.storage import open_storage, storages_in
+
+    settings = storages_in(root)
+    if not settings:
         return None
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    for database in databases:
-        storage = f"sqlite:///{database}"
+    for setting in settings:
         try:
+            storage = open_storage(setting)
             summaries = optuna.study.get_all_study_summaries(storage=storage)
         except Exception:
             continue
         for summary in summaries:
             study = optuna.load_study(study_name=summary.study_name, storage=storage)
             directions = [d.name.lower() for d in study.directions]
-            return StudyInfo(summary.study_name, storage, directions, study.get_trials(deepcopy=False))
+            return StudyInfo(summary.study_name, setting, directions, study.get_trials(deepcopy=False))
     return None
 
 

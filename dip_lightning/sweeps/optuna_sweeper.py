@@ -1,58 +1,54 @@
-"""An Optuna sweeper whose study survives being killed: re-running the same command continues it.
+"""Our Optuna sweeper for Hydra: resumable studies, shared by many workers, on current Optuna.
 
-The stock ``hydra-optuna-sweeper`` 1.3 runs ``n_trials`` *more* trials on every invocation, leaves
-trials of a killed sweep RUNNING for ever, re-proposes the same first points when the sampler has
-a fixed seed, and ends the whole sweep when one trial raises. This sweeper:
+hydra-optuna-sweeper 1.3 pins optuna 2.10; this sweeper keeps its config keys (``sampler``,
+``direction``, ``storage``, ``study_name``, ``n_trials``, ``n_jobs``, ``params`` in Hydra's override
+grammar, see :mod:`dip_lightning.sweeps.search_space`) and adds what our sweeps need:
 
-* treats ``n_trials`` as the total target: finished trials (COMPLETE, PRUNED, FAIL) already in
-  the storage count, and only the rest are run;
-* puts trials left RUNNING by a killed sweep back in the queue (WAITING): they are re-run with
-  the same trial number, parameters and job directory, so no finished trial is lost or repeated;
-* seeds the sampler with ``seed + number of trials already in the study``, so a resumed study
-  does not replay the first proposals (with a fixed seed, a fresh sampler would draw the same
-  random start-up points again);
-* writes each trial's job into ``<sweep dir>/<trial number>`` and stores the job's status
-  (completed, diverged, failed), directory, run time and error on the trial as user attributes;
-* lets failed trials score the finite penalty (see :mod:`dip_lightning.sweeps.trial`), and stops
-  only after ``max_consecutive_failures`` failed trials in a row (a broken setting, not a bad
-  parameter value), or at once when the objective metric is missing from a finished run;
-* refuses to continue a study with different fixed overrides or search space unless
-  ``check_resume`` is false: trials of different configurations cannot be compared (overrides
-  that only change speed or logging, :data:`RESUME_IGNORED`, may differ).
-
-It assumes one sweeper process per study: trials that another live process is running would be
-re-queued. Set ``requeue_running: false`` when several sweepers share one storage.
+* ``n_trials`` is the study's total: finished trials already in the storage count, only the
+  rest are run, so re-running the same command continues a killed sweep;
+* one worker (the default, ``requeue_running: true``): trials left RUNNING by a killed sweep are
+  put back in the queue and re-run with the same number, parameters and directory;
+* many workers on one database (``heartbeat_interval`` set): each worker records a heartbeat for
+  its trials; a trial whose worker died is failed after ``grace_period`` and re-queued once as a
+  new trial; workers claim trials until the study holds ``n_trials`` of them and leave when all
+  have finished, so none is run twice and none is lost;
+* the sampler is seeded with ``seed + trials already in the study`` (a fixed seed would replay
+  the first proposals on resume); ``enqueue`` lists points to evaluate first in a new study;
+* failed trials score a finite penalty and the sweep stops only after ``max_consecutive_failures``
+  in a row; a study continues only with the same fixed overrides and search space
+  (``check_resume``), except overrides that change speed or logging (:data:`RESUME_IGNORED`).
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
-import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+import os
+import time
 from pathlib import Path
 from typing import Any
 
 import optuna
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.utils import JobReturn, JobStatus
+from hydra.core.plugins import Plugins
 from hydra.errors import CompactHydraException
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
-from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
-from omegaconf import DictConfig, OmegaConf
-from optuna.distributions import BaseDistribution
-from optuna.trial import TrialState
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from optuna.trial import FrozenTrial, TrialState
 
 from dip_lightning.errors import ConfigError, DipError
 from dip_lightning.sweeps.devices import parallel_jobs
-from dip_lightning.sweeps.objective import (
-    Objective,
-    check_values,
-    missing_metric_error,
-    missing_metrics,
-    objective_from_config,
+from dip_lightning.sweeps.objective import Objective, objective_from_config
+from dip_lightning.sweeps.outcome import tell, trial_outcome, write_results
+from dip_lightning.sweeps.search_space import SearchSpace, parse_search_space
+from dip_lightning.sweeps.storage import (
+    check_old_database,
+    heartbeat_enabled,
+    heartbeats,
+    open_storage,
+    redact,
+    requeue_running,
+    retried_numbers,
 )
 
 log = logging.getLogger(__name__)
@@ -70,6 +66,7 @@ RESUME_IGNORED = (
     "trainer.enable_progress_bar",
 )
 SIGNATURE_ATTR = "dip_lightning_signature"
+SURPLUS_ATTR = "surplus"
 
 
 class SweepError(DipError, CompactHydraException):
@@ -79,55 +76,23 @@ class SweepError(DipError, CompactHydraException):
     """
 
 
-def sqlite_path(storage: str | None) -> Path | None:
-    """The database file of a ``sqlite:///`` storage URL, else None."""
-    if isinstance(storage, str) and storage.startswith("sqlite:///"):
-        return Path(storage[len("sqlite:///") :])
-    return None
+def counted_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials that make up the study's total, by number.
 
-
-def prepare_storage(storage: Any) -> Any:
-    """Create the folder of a SQLite storage (SQLite creates the file, not its folder)."""
-    path = sqlite_path(storage)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    return storage
-
-
-def requeue_running(storage_url: Any, study_name: str | None) -> list[int]:
-    """Put the RUNNING trials of an existing study back to WAITING; returns their numbers.
-
-    A trial is RUNNING in the storage only while a sweeper works on it, so at the start of a
-    sweep (one sweeper per study) a RUNNING trial was left by a sweep that was killed.
+    Left out: stale trials of a dead worker that were re-queued (their retry counts instead) and
+    surplus trials that concurrent workers asked for after the total was reached.
     """
-    if storage_url is None or study_name is None:
-        return []
-    storage = optuna.storages.get_storage(storage_url)
-    try:
-        study_id = storage.get_study_id_from_name(study_name)
-    except KeyError:
-        return []
-    numbers = []
-    for trial in storage.get_all_trials(study_id, deepcopy=False):
-        if trial.state != TrialState.RUNNING:
-            continue
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-        if storage.set_trial_state(trial_id, TrialState.WAITING):
-            numbers.append(trial.number)
-    return numbers
+    retried = retried_numbers(trials)
+    keep = [
+        t
+        for t in trials
+        if not (t.state == TrialState.FAIL and t.number in retried) and not t.user_attrs.get(SURPLUS_ATTR)
+    ]
+    return sorted(keep, key=lambda t: t.number)
 
 
-def read_metrics(job_dir: Path | None) -> dict[str, Any]:
-    if job_dir is None or not (job_dir / "metrics.json").is_file():
-        return {}
-    try:
-        return json.loads((job_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-class ResumableOptunaSweeper(OptunaSweeperImpl):
-    """The stock Optuna sweeper's search-space handling with a resumable, failure-tolerant loop.
+class ResumableOptunaSweeper(Sweeper):
+    """A Hydra sweeper that asks Optuna for trials in batches and launches them as jobs.
 
     The sampler arrives as its config (the sweeper config sets ``_recursive_: false``) so that it
     can be built with a seed that depends on the trials already in the study.
@@ -140,95 +105,95 @@ class ResumableOptunaSweeper(OptunaSweeperImpl):
         storage: Any | None,
         study_name: str | None,
         n_trials: int,
-        n_jobs: int | None,
-        max_failure_rate: float,
-        search_space: DictConfig | None,
-        custom_search_space: str | None,
-        params: DictConfig | None,
+        n_jobs: int | None = None,
+        params: DictConfig | dict[str, Any] | None = None,
+        seed: int | None = None,
         requeue_running: bool = True,
         check_resume: bool = True,
         max_consecutive_failures: int | None = 3,
-        seed: int | None = None,
+        heartbeat_interval: int | None = None,
+        grace_period: int | None = None,
+        max_retry: int = 1,
+        poll_interval: float = 5.0,
+        enqueue: ListConfig | list[dict[str, Any]] | None = None,
+        search_space: Any = None,
+        custom_search_space: Any = None,
+        max_failure_rate: float | None = None,
     ) -> None:
-        super().__init__(
-            sampler,
-            direction,
-            storage,
-            study_name,
-            int(n_trials),
-            int(n_jobs or 1),
-            float(max_failure_rate),
-            search_space,
-            custom_search_space,
-            params,
-        )
+        for key, value in (("search_space", search_space), ("custom_search_space", custom_search_space)):
+            if value is not None:
+                raise ConfigError(
+                    f"hydra.sweeper.{key}",
+                    "set",
+                    "is not supported: write the search space as hydra.sweeper.params "
+                    "(interval, tag(log, ...), choice, range), e.g. prior.sigma: tag(log, interval(0.01, 0.5))",
+                )
+        if int(n_trials) < 1:
+            raise ConfigError("hydra.sweeper.n_trials", n_trials, "must be >= 1 (the total number of trials)")
         self.sampler_config = sampler
-        self.n_jobs_setting = n_jobs
+        self.direction = direction
+        self.storage_setting = storage
+        self.study_name = study_name
+        self.n_trials = int(n_trials)
+        self.n_jobs = n_jobs
+        self.params = (
+            OmegaConf.to_container(params, resolve=True) if isinstance(params, DictConfig) else params
+        )
+        self.seed = seed
         self.requeue_running = bool(requeue_running)
         self.check_resume = bool(check_resume)
         self.max_consecutive_failures = max_consecutive_failures
-        self.seed = seed
-        self.override_order: list[str] = []
-        if int(n_trials) < 1:
-            raise ConfigError("hydra.sweeper.n_trials", n_trials, "must be >= 1 (the total number of trials)")
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
+        self.max_retry = int(max_retry)
+        self.poll_interval = float(poll_interval)
+        self.enqueue = (
+            OmegaConf.to_container(enqueue, resolve=True) if isinstance(enqueue, ListConfig) else enqueue
+        )
+        self.config: DictConfig | None = None
+        self.launcher: Any = None
+        self.hydra_context: HydraContext | None = None
+        self.job_idx = 0
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
 
     # ------------------------------------------------------------------ set-up helpers
+    def directions(self) -> list[str]:
+        raw = self.direction
+        values = list(raw) if isinstance(raw, ListConfig | list | tuple) else [raw]
+        return [str(getattr(v, "name", v)).lower() for v in values]
+
     def batch_size(self) -> int:
         """Trials asked for at once: ``n_jobs``, or (null) as many as the launcher runs at once."""
-        if self.n_jobs_setting:
-            return max(1, int(self.n_jobs_setting))
+        if self.n_jobs:
+            return max(1, int(self.n_jobs))
+        assert self.config is not None
         return parallel_jobs(self.config.hydra.get("launcher"))
 
-    def make_sampler(self, seed_offset: int) -> Any:
+    def make_sampler(self, seed_offset: int, space: SearchSpace) -> optuna.samplers.BaseSampler:
         """Build the sampler with seed ``seed + seed_offset`` (the trials already in the study).
 
-        The seed is ``hydra.sweeper.seed``, or the sampler's own ``seed`` when that is null;
-        samplers without a seed (grid) are built as configured.
+        The seed is ``hydra.sweeper.seed``, or the sampler's own ``seed`` when that is null. The
+        grid sampler gets the grid of the search space.
         """
-        config = self.sampler_config
-        if not isinstance(config, DictConfig | dict):
-            log.warning("Sampler given as an object: its seed cannot follow the study (resumes may repeat).")
-            return config
-        node = OmegaConf.to_container(OmegaConf.create(config), resolve=True)
+        node = OmegaConf.to_container(OmegaConf.create(self.sampler_config), resolve=True)
+        if not isinstance(node, dict) or "_target_" not in node:
+            raise ConfigError(
+                "hydra.sweeper.sampler", node, "must be a config with _target_ (an Optuna sampler)"
+            )
         base = self.seed if self.seed is not None else node.get("seed")
         if "seed" in node and base is not None:
             node["seed"] = int(base) + int(seed_offset)
+        if str(node["_target_"]).endswith("GridSampler"):
+            node["search_space"] = space.grid()
         return instantiate(node)
 
-    def distributions_and_fixed(
-        self, arguments: list[str]
-    ) -> tuple[dict[str, BaseDistribution], dict[str, Any]]:
-        """Distributions to sample and fixed overrides, from ``hydra.sweeper.params`` and the command line."""
-        self._process_searchspace_config()
-        params_conf = self._parse_sweeper_params_config()
-        params_conf.extend(arguments)
-        distributions, fixed = create_params_from_overrides(params_conf)
-        parsed = OverridesParser.create().parse_overrides(params_conf)
-        self.override_order = [override.get_key_element() for override in parsed]
-        if self.search_space_distributions:
-            distributions = {**self.search_space_distributions, **distributions}
-        for name in fixed:
-            distributions.pop(name, None)
-        return distributions, fixed
-
-    def ordered_overrides(
-        self, trials: list[Any], distributions: dict[str, Any], fixed: dict[str, Any]
-    ) -> list[tuple[str, ...]]:
-        """Each trial's overrides in the order the user wrote them (sweeper params, then the command line).
-
-        The stock sweeper puts sampled values first; ``a={x:1} a.x=choice(1,2)`` needs the order kept.
-        """
-        order = {name: index for index, name in enumerate(self.override_order)}
-        result = []
-        for overrides in self._configure_trials(trials, distributions, fixed):
-            result.append(
-                tuple(sorted(overrides, key=lambda item: order.get(item.split("=", 1)[0], len(order))))
-            )
-        return result
-
-    def signature(
-        self, objective: Objective, distributions: dict[str, BaseDistribution], fixed: dict[str, Any]
-    ) -> dict[str, Any]:
+    def signature(self, objective: Objective, space: SearchSpace) -> dict[str, Any]:
         """What must not change between the runs of one study."""
 
         def matters(key: str) -> bool:
@@ -236,17 +201,18 @@ class ResumableOptunaSweeper(OptunaSweeperImpl):
             return not any(name == p or name.startswith(p + ".") for p in RESUME_IGNORED)
 
         return {
-            "fixed_overrides": sorted(f"{k}={v}" for k, v in fixed.items() if matters(k)),
-            "search_space": {k: repr(v) for k, v in sorted(distributions.items())},
+            "fixed_overrides": sorted(f"{k}={v}" for k, v in space.fixed.items() if matters(k)),
+            "search_space": {k: repr(v) for k, v in sorted(space.distributions.items())},
             "objective": list(objective.names),
         }
 
     def check_study(self, study: optuna.Study, directions: list[str], signature: dict[str, Any]) -> None:
         """Refuse to continue a study whose directions or configuration differ from this command's."""
+        where = redact(self.storage_setting)
         stored = [d.name.lower() for d in study.directions]
         if stored != directions:
             raise SweepError(
-                f"error: the study '{study.study_name}' in {self.storage} optimises {stored}, but this "
+                f"error: the study '{study.study_name}' in {where} optimises {stored}, but this "
                 f"command asks for {directions}: choose another hydra.sweeper.study_name."
             )
         previous = study.user_attrs.get(SIGNATURE_ATTR)
@@ -260,26 +226,40 @@ class ResumableOptunaSweeper(OptunaSweeperImpl):
                 if previous.get(key) != signature[key]
             ]
             raise SweepError(
-                f"error: the study '{study.study_name}' in {self.storage} was started with other settings "
+                f"error: the study '{study.study_name}' in {where} was started with other settings "
                 f"({'; '.join(changes)}). Its trials would not be comparable: use the same command "
                 "to continue it, another hydra.sweeper.study_name for a new study, or "
                 "hydra.sweeper.check_resume=false to continue anyway."
             )
 
+    def enqueue_points(self, study: optuna.Study, space: SearchSpace) -> None:
+        """Queue ``enqueue``'s points in a new study (the paper's fixed initial design)."""
+        if not self.enqueue or study.get_trials(deepcopy=False):
+            return
+        for point in self.enqueue:
+            if not isinstance(point, dict) or not set(point) <= set(space.distributions):
+                raise ConfigError(
+                    "hydra.sweeper.enqueue",
+                    point,
+                    f"must be a list of {{parameter: value}} with parameters of the search space "
+                    f"({sorted(space.distributions)})",
+                )
+            study.enqueue_trial(point)
+        log.info("Queued %d initial points: %s", len(self.enqueue), self.enqueue)
+
     # ------------------------------------------------------------------ the loop
     def sweep(self, arguments: list[str]) -> None:
         """Run the trials still missing from the study; settings errors end it with one message."""
         try:
-            self.run_study(arguments)
+            self.run_study(list(arguments))
         except SweepError:
             raise
         except DipError as error:
             raise SweepError(f"error: {error}") from None
 
-    def run_study(self, arguments: list[str]) -> None:
-        assert self.config is not None and self.launcher is not None
-        objective = objective_from_config(self.config)
-        directions = [d.lower() for d in self._get_directions()]
+    def open_study(self, objective: Objective, space: SearchSpace) -> tuple[optuna.Study, list[int]]:
+        assert self.config is not None
+        directions = self.directions()
         if directions != list(objective.directions):
             raise ConfigError(
                 "hydra.sweeper.direction",
@@ -287,176 +267,144 @@ class ResumableOptunaSweeper(OptunaSweeperImpl):
                 f"must match optimization_direction={list(objective.directions)} (leave it at "
                 "${optimization_direction})",
             )
-        distributions, fixed = self.distributions_and_fixed(list(arguments))
-        prepare_storage(self.storage)
-        requeued = requeue_running(self.storage, self.study_name) if self.requeue_running else []
-        study = optuna.create_study(
-            study_name=self.study_name, storage=self.storage, directions=directions, load_if_exists=True
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        check_old_database(self.storage_setting, sweep_dir)
+        storage = open_storage(
+            self.storage_setting, self.heartbeat_interval, self.grace_period, self.max_retry
         )
-        self.check_study(study, directions, self.signature(objective, distributions, fixed))
+        if heartbeat_enabled(storage) and self.requeue_running:
+            log.info("Heartbeat on: trials of dead workers are re-queued by the heartbeat, not at start-up.")
+            self.requeue_running = False
+        requeued = requeue_running(storage, self.study_name) if self.requeue_running else []
+        study = optuna.create_study(
+            study_name=self.study_name, storage=storage, directions=directions, load_if_exists=True
+        )
+        self.check_study(study, directions, self.signature(objective, space))
+        self.enqueue_points(study, space)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        pointer = {"study_name": study.study_name, "storage": redact(self.storage_setting)}
+        OmegaConf.save(OmegaConf.create(pointer), sweep_dir / "study.yaml")
+        return study, requeued
+
+    def run_study(self, arguments: list[str]) -> None:
+        assert self.config is not None and self.launcher is not None
+        objective = objective_from_config(self.config)
+        space = parse_search_space(self.params, arguments)
+        study, requeued = self.open_study(objective, space)
+        shared = heartbeat_enabled(study._storage)
         existing = study.get_trials(deepcopy=False)
-        finished = sum(t.state in FINISHED for t in existing)
+        salt = os.getpid() if shared else 0  # workers started together must not draw the same points
+        study.sampler = self.make_sampler(len(existing) + salt, space)
         target = self.n_trials
-        study.sampler = self.make_sampler(seed_offset=len(existing))
-        if isinstance(study.sampler, functools.partial) and study.sampler.func is optuna.samplers.GridSampler:
-            grid = {name: self._to_grid_sampler_choices(d) for name, d in distributions.items()}
-            study.sampler = study.sampler(grid)
-            target = min(target, math.prod(len(v) for v in grid.values()))
-        remaining = max(0, target - finished)
-        log.info("Study: %s (storage %s)", study.study_name, self.storage)
-        log.info("Objective: %s, directions %s", list(objective.names), directions)
+        if isinstance(study.sampler, optuna.samplers.GridSampler):
+            target = min(target, len(list(_grid_points(space))))
+        log.info("Study: %s (storage %s)", study.study_name, redact(self.storage_setting))
+        log.info("Objective: %s, directions %s", list(objective.names), list(objective.directions))
+        finished = sum(t.state in FINISHED for t in counted_trials(existing))
         log.info(
-            "Trials: %d finished of %d, %d to run now%s",
+            "Trials: %d finished of %d%s",
             finished,
             target,
-            remaining,
             f" (re-running interrupted trials {requeued})" if requeued else "",
         )
         self.job_idx = len(existing) - len(requeued)
-        consecutive_failures = 0
-        while remaining > 0:
-            trials = [study.ask() for _ in range(min(remaining, self.batch_size()))]
+        failures = 0
+        validated = False
+        while True:
+            trials = self.claim(study, space, target, shared)
+            if trials is None:
+                break
+            if not trials:
+                time.sleep(self.poll_interval)
+                continue
             overrides = [
-                (*override, f"hydra.sweep.subdir={trial.number}")
-                for override, trial in zip(self.ordered_overrides(trials, distributions, fixed), trials)
+                (*space.overrides(trial.params), f"hydra.sweep.subdir={trial.number}") for trial in trials
             ]
-            returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+            if not validated:
+                self.validate_batch_is_legal(overrides)
+                validated = True
+            with heartbeats(study._storage, trials):
+                returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
             self.job_idx += len(returns)
-            fatal: ConfigError | None = None
-            for trial, job in zip(trials, returns):
-                outcome = trial_outcome(job, objective)
-                for key, value in outcome.attrs.items():
-                    trial.set_user_attr(key, value)
-                tell(study, trial, outcome)
-                if isinstance(outcome.error, ConfigError):
-                    fatal = fatal or outcome.error
-                if outcome.failed:
-                    consecutive_failures += 1
-                    log.warning("Trial %d failed: %s", trial.number, outcome.error)
-                else:
-                    consecutive_failures = 0
-                    log.info("Trial %d %s: %s", trial.number, outcome.status, outcome.values)
-            remaining -= len(returns)
-            if fatal is not None:
-                raise fatal
-            limit = self.max_consecutive_failures
-            if limit and consecutive_failures >= int(limit):
-                raise SweepError(
-                    f"error: {consecutive_failures} trials in a row failed (last error: {outcome.error}). The "
-                    "sweep stops here; fix the cause and re-run the same command to continue the study "
-                    "(hydra.sweeper.max_consecutive_failures=null disables this check)."
+            failures = self.record(study, objective, trials, returns, failures)
+        self.write_summary(study, objective)
+
+    def claim(
+        self, study: optuna.Study, space: SearchSpace, target: int, shared: bool
+    ) -> list[optuna.trial.Trial] | None:
+        """The next batch of trials for this worker; [] to wait for other workers; None when done.
+
+        Queued trials (re-queued or enqueued) are taken first. A trial asked for after the total
+        was reached by another worker at the same moment is marked surplus and not run.
+        """
+        if shared:
+            optuna.storages.fail_stale_trials(study)
+        live = counted_trials(study.get_trials(deepcopy=False))
+        finished = sum(t.state in FINISHED for t in live)
+        if finished >= target:
+            return None
+        free = target - len(live) + sum(t.state == TrialState.WAITING for t in live)
+        if free <= 0:
+            running = [t.number for t in live if t.state == TrialState.RUNNING]
+            if not shared:
+                log.warning("Trials %s are RUNNING in another process; this sweeper leaves them.", running)
+                return None
+            log.info("Waiting for trials %s of other workers.", running)
+            return []
+        trials = []
+        for _ in range(min(free, self.batch_size())):
+            trial = study.ask(space.distributions)
+            ranked = [t.number for t in counted_trials(study.get_trials(deepcopy=False))]
+            if trial.number not in ranked[:target]:
+                trial.set_user_attr(SURPLUS_ATTR, True)
+                study.tell(trial, state=TrialState.FAIL)
+                log.info(
+                    "Trial %d is beyond the study's %d trials (another worker took the last); not run.",
+                    trial.number,
+                    target,
                 )
-        self.write_results(study, objective)
+                continue
+            trials.append(trial)
+        return trials
 
-    def write_results(self, study: optuna.Study, objective: Objective) -> None:
-        """optimization_results.yaml in the sweep directory: best trial(s) among completed ones."""
-        trials = study.get_trials(deepcopy=False)
-        ok = [
-            t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("status") == "completed"
-        ]
-        counts: dict[str, int] = {}
-        for t in trials:
-            key = str(t.user_attrs.get("status") or t.state.name.lower())
-            counts[key] = counts.get(key, 0) + 1
-        results: dict[str, Any] = {
-            "name": "optuna",
-            "study_name": study.study_name,
-            "storage": str(self.storage),
-            "objective": list(objective.names),
-            "directions": list(objective.directions),
-            "n_trials": len(trials),
-            "trials_by_status": counts,
-        }
-        if not ok:
-            log.warning("No trial completed: no best parameters to report.")
-        elif not objective.is_multi:
-            sign = 1.0 if objective.directions[0] == "maximize" else -1.0
-            best = max(ok, key=lambda t: sign * t.value)
-            results.update(
-                best_trial=best.number,
-                best_params=best.params,
-                best_value=best.value,
-                best_job_dir=best.user_attrs.get("job_dir"),
+    def record(
+        self, study: optuna.Study, objective: Objective, trials: list[Any], returns: list[Any], failures: int
+    ) -> int:
+        """Tell the study each job's outcome; returns the failures in a row, raising when too many."""
+        fatal: ConfigError | None = None
+        outcome = None
+        for trial, job in zip(trials, returns):
+            outcome = trial_outcome(job, objective)
+            for key, value in outcome.attrs.items():
+                trial.set_user_attr(key, value)
+            tell(study, trial, outcome)
+            if isinstance(outcome.error, ConfigError):
+                fatal = fatal or outcome.error
+            if outcome.failed:
+                failures += 1
+                log.warning("Trial %d failed: %s", trial.number, outcome.error)
+            else:
+                failures = 0
+                log.info("Trial %d %s: %s", trial.number, outcome.status, outcome.values)
+        if fatal is not None:
+            raise fatal
+        limit = self.max_consecutive_failures
+        if limit and failures >= int(limit):
+            raise SweepError(
+                f"error: {failures} trials in a row failed (last error: {outcome.error if outcome else None}). "
+                "The sweep stops here; fix the cause and re-run the same command to continue the study "
+                "(hydra.sweeper.max_consecutive_failures=null disables this check)."
             )
-            log.info(
-                "Best trial %d: %s = %s, params %s", best.number, objective.names[0], best.value, best.params
-            )
-        else:
-            ok_numbers = {t.number for t in ok}
-            pareto = [t for t in study.best_trials if t.number in ok_numbers]
-            results["solutions"] = [
-                {
-                    "trial": t.number,
-                    "params": t.params,
-                    "values": t.values,
-                    "job_dir": t.user_attrs.get("job_dir"),
-                }
-                for t in pareto
-            ]
-            log.info("Pareto front: %d trials", len(pareto))
-            for t in pareto:
-                log.info("    trial %d values %s params %s", t.number, t.values, t.params)
-        OmegaConf.save(
-            OmegaConf.create(results), Path(self.config.hydra.sweep.dir) / "optimization_results.yaml"
-        )
+        return failures
+
+    def write_summary(self, study: optuna.Study, objective: Objective) -> None:
+        assert self.config is not None
+        counted = counted_trials(study.get_trials(deepcopy=False))
+        path = Path(self.config.hydra.sweep.dir) / "optimization_results.yaml"
+        write_results(study, objective, redact(self.storage_setting), path, counted)
 
 
-def tell(study: optuna.Study, trial: optuna.trial.Trial, outcome: TrialOutcome) -> None:
-    """``study.tell``, ignoring the grid sampler's call to ``Study.stop`` once the grid is done."""
-    try:
-        study.tell(trial, values=outcome.values, state=outcome.state)
-    except RuntimeError as error:
-        if "Study.stop" not in str(error):
-            raise
+def _grid_points(space: SearchSpace) -> Any:
+    import itertools
 
-
-@dataclass
-class TrialOutcome:
-    """What to tell Optuna about a finished job, and what to record on the trial."""
-
-    state: TrialState
-    values: list[float] | None
-    status: str
-    error: Any
-    attrs: dict[str, Any]
-
-    @property
-    def failed(self) -> bool:
-        return self.state == TrialState.FAIL or self.status == "failed"
-
-
-def trial_outcome(job: JobReturn, objective: Objective) -> TrialOutcome:
-    """Read a finished job's return value and metrics.json.
-
-    A job that raised (an exception launch.py did not catch), returned None, NaN or the wrong
-    number of values is FAIL in Optuna; a diverged or failed run that returned the penalty is
-    COMPLETE with that value (the sampler learns to avoid it) and marked by its ``status``. A
-    completed run without the objective metric is FAIL with a ConfigError that stops the sweep.
-    """
-    job_dir = Path(job.hydra_cfg.hydra.runtime.output_dir) if job.hydra_cfg is not None else None
-    metrics = read_metrics(job_dir)
-    status = str(metrics.get("status") or "missing")
-    error: Any = metrics.get("reason")
-    state, values = TrialState.COMPLETE, None
-    if job.status != JobStatus.COMPLETED:
-        state, status, error = TrialState.FAIL, "failed", job._return_value
-    else:
-        raw = job._return_value
-        values = list(raw) if isinstance(raw, Sequence) and not isinstance(raw, str) else [raw]
-        if raw is None or len(values) != len(objective.names) or not check_values(values):
-            state, values = TrialState.FAIL, None
-            error = error or f"objective value {raw!r} cannot be ranked"
-            status = "failed" if status in ("completed", "missing") else status
-        else:
-            values = [float(v) for v in values]
-    if status == "completed" and missing_metrics(objective, metrics):
-        state, values = TrialState.FAIL, None
-        error = missing_metric_error(objective, metrics)
-    attrs: dict[str, Any] = {
-        "status": status,
-        "job_dir": str(job_dir) if job_dir is not None else None,
-        "seconds": metrics.get("seconds"),
-    }
-    if (error is not None and status != "completed") or state == TrialState.FAIL:
-        attrs["reason"] = str(error)[:500]
-    return TrialOutcome(state=state, values=values, status=status, error=error, attrs=attrs)
+    return itertools.product(*space.grid().values())

@@ -1,4 +1,4 @@
-"""The ``hydra/sweeper=resumable_optuna`` plugin: a thin shim over the project's sweeper.
+"""The ``hydra/sweeper=resumable_optuna`` plugin: a thin shim over the project's Optuna sweeper.
 
 Hydra refuses plugin classes outside the ``hydra_plugins`` package and imports every module in it
 at start-up, so this module stays import-light and builds the real sweeper

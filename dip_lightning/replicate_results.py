@@ -36,7 +36,7 @@ def replicate_report(
     history = torch.stack(method.replica_psnr_history).cpu() if method.replica_psnr_history else None
     per_replicate = []
     for k, (seed, prediction) in enumerate(zip(method.replicate_seeds, predictions)):
-        entry: dict[str, Any] = {"seed": seed, **evaluate_prediction(prediction, problem)}
+        entry: dict[str, Any] = {"seed": seed, **evaluate_prediction(prediction, problem, method.calibration)}
         if history is not None:
             entry["peak_psnr"] = float(history[:, k].max())
             entry["peak_step"] = int(history[:, k].argmax())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dip_lightning.methods.base import DeepImagePrior
-from dip_lightning.methods.evaluation import calibration_curves, evaluate_prediction
+from dip_lightning.methods.evaluation import (
+    DEFAULT_CALIBRATION,
+    Calibration,
+    calibration_curves,
+    evaluate_prediction,
+)
 from dip_lightning.methods.prediction import Prediction
 from dip_lightning.metrics.image import psnr, ssim
 from dip_lightning.outputs import save_image, save_json, save_map, save_text
@@ -54,7 +60,7 @@ def choose_prediction(method: DeepImagePrior, stopping: EarlyStopping, status: s
     prediction = method.predict_distribution()
     detected = stopping.criterion.detected_image
     if not isinstance(stopping.criterion, FixedSteps) and detected is not None:
-        prediction = Prediction(detected.to(prediction.mean), prediction.epistemic, prediction.aleatoric)
+        prediction = dataclasses.replace(prediction, mean=detected.to(prediction.mean))
         return prediction, f"stopping:{stopping.criterion.name}"
     return prediction, method.reconstruction
 
@@ -124,7 +130,12 @@ def intensity_transform_record(problem: InverseProblem) -> dict[str, Any]:
     }
 
 
-def save_uncertainty(output_dir: Path, prediction: Prediction, problem: InverseProblem) -> list[Path]:
+def save_uncertainty(
+    output_dir: Path,
+    prediction: Prediction,
+    problem: InverseProblem,
+    method_calibration: Calibration = DEFAULT_CALIBRATION,
+) -> list[Path]:
     """Variance maps, the error map and calibration diagrams, for methods with uncertainty."""
     files: list[Path] = []
     if not prediction.has_uncertainty:
@@ -134,7 +145,7 @@ def save_uncertainty(output_dir: Path, prediction: Prediction, problem: InverseP
     files += save_map(output_dir, "variance_total", prediction.total)
     if problem.ground_truth is not None:
         files += save_map(output_dir, "error_squared", (prediction.mean - problem.ground_truth).pow(2))
-    for name, curve in calibration_curves(prediction, problem).items():
+    for name, curve in calibration_curves(prediction, problem, method_calibration).items():
         files.append(
             save_figure(
                 calibration_diagram(curve, title=f"calibration vs {name}"),
@@ -196,7 +207,7 @@ def finalise(
     if reason:
         metrics["reason"] = reason
     metrics["reconstruction_source"] = source
-    metrics.update(evaluate_prediction(prediction, problem))
+    metrics.update(evaluate_prediction(prediction, problem, method.calibration))
     replicate_metrics, replicate_maps = replicate_report(method, problem)
     metrics.update(replicate_metrics)
     peak = method.peak_summary()
@@ -220,7 +231,7 @@ def finalise(
         files += save_image(output_dir, "baseline", baseline.clamp(0, 1).cpu())
     if problem.ground_truth is not None:
         files += save_image(output_dir, "ground_truth", problem.ground_truth.cpu())
-    files += save_uncertainty(output_dir, prediction, problem.to("cpu"))
+    files += save_uncertainty(output_dir, prediction, problem.to("cpu"), method.calibration)
     for name, values in replicate_maps.items():
         files += save_map(output_dir, name, values)
     files.append(save_json(output_dir / "curves.json", method.psnr_curves()))

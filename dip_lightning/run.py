@@ -120,6 +120,8 @@ def build_method(cfg: DictConfig, problem: InverseProblem) -> DeepImagePrior:
     method_cfg = replicated_method_config(cfg)
     method = build(method_cfg, net=build(architecture(cfg.model)), image_prior=image_prior)
     method.attach(problem)
+    if cfg.get("calibration") is not None:
+        method.calibration = build(cfg.calibration).check()
     accelerate(method.net, **execution_settings(cfg.model))
     return method
 

@@ -29,11 +29,13 @@ from dip_lightning.errors import (
 )
 from dip_lightning.methods import resume_state
 from dip_lightning.methods.backtracking import Backtracking
+from dip_lightning.methods.evaluation import DEFAULT_CALIBRATION, Calibration, evaluate_prediction
 from dip_lightning.methods.network_input import make_network_input, perturb
-from dip_lightning.methods.prediction import Prediction
+from dip_lightning.methods.prediction import Prediction, measurement_variance
 from dip_lightning.metrics.image import fast_psnr
 from dip_lightning.metrics.running import ExponentialMovingAverage
 from dip_lightning.models.layers import per_sample_norm
+from dip_lightning.physics.holdout import observed_elements
 from dip_lightning.physics.observation import InverseProblem
 from dip_lightning.tracking.step_logging import logs_this_step
 
@@ -161,6 +163,8 @@ class DeepImagePrior(pl.LightningModule):
         self.ema: ExponentialMovingAverage | None = None
         self.validation_history: list[dict[str, float]] = []
         self.resumed_record: dict[str, Any] | None = None
+        self.calibration: Calibration = DEFAULT_CALIBRATION
+        """How evaluations bin the UCE; the job sets it from the ``calibration`` config group."""
 
     # ------------------------------------------------------------------ set-up
     @property
@@ -173,7 +177,20 @@ class DeepImagePrior(pl.LightningModule):
 
     def attach(self, problem: InverseProblem) -> DeepImagePrior:
         """Bind the method to a problem: build the input and the network for its image shape."""
+        if self.uses_log_precision and not problem.operator.measurement_in_image_space:
+            raise ConfigError(
+                "method.likelihood",
+                self.likelihood,
+                f"the heteroscedastic NLL predicts a noise level for every image pixel, which only "
+                f"means something when the measurement is the image's own pixel grid (denoising, "
+                f"inpainting); {type(problem.operator).__name__} measures elsewhere, so use "
+                f"method.likelihood=mse",
+            )
         self.problem = problem
+        if self.uses_log_precision:
+            # The likelihood counts only measurement elements that depend on the image: a hole of
+            # an inpainting mask says nothing about the noise level there.
+            self.register_buffer("likelihood_mask", observed_elements(problem), persistent=False)
         self.register_buffer("net_input", self.build_input(self.seed))
         self.net = self.build_network(self.seed)
         self.register_buffer("peak_psnr", torch.tensor(-math.inf))
@@ -283,18 +300,17 @@ class DeepImagePrior(pl.LightningModule):
     def data_fidelity(self, image: Tensor, log_precision: Tensor | None) -> Tensor:
         """MSE through the operator, or the heteroscedastic NLL with a predicted log-precision.
 
-        The NLL is only defined where the measurement lives in image space (the log-precision is a
-        per-pixel map), so for other operators it is applied to the adjoint-free residual A x - y
-        with the log-precision averaged over the image.
+        The NLL (mean of exp(s) r^2 - s) needs a measurement on the image's pixel grid (checked in
+        ``attach``) and counts only the observed elements, for the residual and for ``s`` alike:
+        a missing pixel has no residual, and its ``-s`` term alone would drive its precision to
+        the clamp.
         """
         problem = self.problem
         residual = problem.operator(image) - problem.observation
         if log_precision is None:
             return problem.training_mean(residual.pow(2))
         s = log_precision.clamp(-self.log_precision_clamp, self.log_precision_clamp)
-        if s.shape[-2:] != residual.shape[-2:]:
-            s = s.mean(dim=(-2, -1), keepdim=True)
-        return problem.training_mean(torch.exp(s) * residual.pow(2) - s)
+        return problem.training_mean(torch.exp(s) * residual.pow(2) - s, self.likelihood_mask)
 
     def extra_loss(self) -> Tensor | None:
         """Loss terms on the weights (the KL of MFVI); none for plain DIP."""
@@ -422,7 +438,12 @@ class DeepImagePrior(pl.LightningModule):
             mean = self.ema.value
         elif self.reconstruction == "last" and self.latest_image is not None:
             mean = self.latest_image
-        return Prediction(mean=mean, epistemic=epistemic, aleatoric=aleatoric)
+        return Prediction(
+            mean=mean,
+            epistemic=epistemic,
+            aleatoric=aleatoric,
+            measurement_epistemic=measurement_variance(images, self.problem.operator),
+        )
 
     def aleatoric_variance(self, log_precision: Tensor | None) -> Tensor:
         """Mean over samples of exp(-s), broadcast to the image channels; zero without a channel."""
@@ -439,9 +460,7 @@ class DeepImagePrior(pl.LightningModule):
         Logged as ``val/*`` at the current step (averaged over ranks in data-parallel runs) and
         kept in ``validation_history`` for the curves file.
         """
-        from dip_lightning.methods.evaluation import evaluate_prediction
-
-        metrics = evaluate_prediction(self.predict_distribution(), self.problem)
+        metrics = evaluate_prediction(self.predict_distribution(), self.problem, self.calibration)
         distributed = self.trainer.world_size > 1
         for name, value in metrics.items():
             self.log(f"val/{name}", value, on_step=False, on_epoch=True, sync_dist=distributed)

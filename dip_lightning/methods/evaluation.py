@@ -3,41 +3,120 @@
 Calibration is measured twice:
 
 * against the observation, as the MC-dropout and MFVI DIP papers did: the squared residual
-  (A mean - y)^2 against the predicted variance pushed through the operator
-  (``propagate_variance`` of the total variance), over the measurement elements the operator
-  actually observes;
+  (A mean - y)^2 against the predictive variance of the measurement, over the measurement elements
+  that depend on the image. That variance is the variance of A x over the method's samples
+  (``Prediction.measurement_epistemic``), plus the predicted noise variance where the network
+  predicts one (only for measurements on the image's pixel grid, see ``likelihood=nll``);
 * against the ground truth when it is known: the squared error (mean - x)^2 against the
   epistemic variance, which is the model's uncertainty about the clean image.
 
 The NLL of the ground truth uses the epistemic variance too. Methods without uncertainty (plain
-DIP) only get PSNR and SSIM.
+DIP) only get PSNR and SSIM. The UCE is reported under the configured binning
+(:class:`Calibration`, ``calibration=`` config group) and, as extra columns, under each of the
+papers' binnings so that our numbers can be set beside theirs.
 """
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
 from torch import Tensor
 
+from dip_lightning.errors import ConfigError
 from dip_lightning.methods.prediction import Prediction
 from dip_lightning.metrics.image import psnr, ssim
 from dip_lightning.metrics.uncertainty import calibration_curve, gaussian_nll, uce
-from dip_lightning.physics.holdout import heldout_mse
+from dip_lightning.physics.holdout import heldout_mse, observed_elements
 from dip_lightning.physics.observation import InverseProblem
 
-UCE_BINS = 15
 VARIANCE_FLOOR = 1e-10
 
 
-def measurement_calibration_pairs(prediction: Prediction, problem: InverseProblem) -> tuple[Tensor, Tensor]:
-    """Squared residuals and predicted variances in measurement space, on observed elements only."""
+@dataclass(frozen=True)
+class Binning:
+    """How the UCE bins pixels: ``bins`` equal-width variance bins between the minimum and the
+    maximum, leaving out bins that hold at most ``min_occupancy`` of the pixels."""
+
+    bins: int = 15
+    min_occupancy: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bins, bool) or not isinstance(self.bins, int) or self.bins < 1:
+            raise ConfigError("calibration.bins", self.bins, "must be an integer >= 1")
+        if isinstance(self.min_occupancy, bool) or not 0.0 <= float(self.min_occupancy) < 1.0:
+            raise ConfigError("calibration.min_occupancy", self.min_occupancy, "must be a number in [0, 1)")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The UCE binning of ``uce``/``uce_observation`` and the diagrams, plus named extra binnings
+    reported as ``uce_<name>`` and ``uce_observation_<name>`` (e.g. Laves et al.'s 21 bins,
+    Toelle et al.'s 10 bins without bins under 2 % occupancy)."""
+
+    bins: int = 15
+    min_occupancy: float = 0.0
+    also_report: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @property
+    def primary(self) -> Binning:
+        return Binning(int(self.bins), float(self.min_occupancy))
+
+    def extra(self) -> dict[str, Binning]:
+        extra = {}
+        for name, spec in dict(self.also_report or {}).items():
+            unknown = set(spec) - {"bins", "min_occupancy"}
+            if unknown:
+                raise ConfigError(
+                    f"calibration.also_report.{name}", dict(spec), "takes only bins and min_occupancy"
+                )
+            extra[str(name)] = Binning(int(spec.get("bins", 15)), float(spec.get("min_occupancy", 0.0)))
+        return extra
+
+    def check(self) -> Calibration:
+        """Validate every binning now, before any training."""
+        _ = (self.primary, self.extra())
+        return self
+
+
+DEFAULT_CALIBRATION = Calibration()
+
+
+def measurement_calibration_pairs(
+    prediction: Prediction, problem: InverseProblem
+) -> tuple[Tensor, Tensor] | None:
+    """Squared residuals and predictive variances in measurement space, on observed elements only.
+
+    None when the prediction carries no measurement-space variance (it was not made from samples).
+    """
+    if prediction.measurement_epistemic is None:
+        return None
     operator = problem.operator
-    residual_sq = (operator(prediction.mean) - problem.observation).pow(2)
-    variance = operator.propagate_variance(prediction.total)
-    observed = operator.propagate_variance(torch.ones_like(prediction.total)) > 0
+    residual_sq = (operator(prediction.mean) - problem.observation).abs().pow(2)
+    variance = prediction.measurement_epistemic.expand_as(residual_sq)
+    if bool(prediction.aleatoric.abs().sum() > 0):
+        if not operator.measurement_in_image_space:
+            raise ValueError(
+                f"a predicted noise variance in image space has no meaning for the measurement of "
+                f"{type(operator).__name__}"
+            )
+        variance = variance + prediction.aleatoric.expand_as(residual_sq)
+    observed = observed_elements(problem).expand_as(residual_sq)
     return residual_sq[observed], variance[observed]
 
 
-def evaluate_prediction(prediction: Prediction, problem: InverseProblem) -> dict[str, float]:
+def _uce_columns(name: str, error_sq: Tensor, variance: Tensor, calibration: Calibration) -> dict[str, float]:
+    primary = calibration.primary
+    columns = {name: float(uce(error_sq, variance, primary.bins, primary.min_occupancy))}
+    for label, binning in calibration.extra().items():
+        columns[f"{name}_{label}"] = float(uce(error_sq, variance, binning.bins, binning.min_occupancy))
+    return columns
+
+
+def evaluate_prediction(
+    prediction: Prediction, problem: InverseProblem, calibration: Calibration = DEFAULT_CALIBRATION
+) -> dict[str, float]:
     """PSNR/SSIM of the mean and, for methods with uncertainty, UCE and NLL."""
     metrics: dict[str, float] = {}
     truth = problem.ground_truth
@@ -48,32 +127,33 @@ def evaluate_prediction(prediction: Prediction, problem: InverseProblem) -> dict
         metrics["heldout_mse"] = heldout_mse(problem, prediction.mean)
     if not prediction.has_uncertainty:
         return metrics
-    try:
-        residual_sq, variance = measurement_calibration_pairs(prediction, problem)
-        metrics["uce_observation"] = float(uce(residual_sq, variance, bins=UCE_BINS))
-    except NotImplementedError:
-        pass
+    pairs = measurement_calibration_pairs(prediction, problem)
+    if pairs is not None:
+        metrics.update(_uce_columns("uce_observation", *pairs, calibration))
     if truth is not None:
         error_sq = (prediction.mean - truth).pow(2)
         epistemic = prediction.epistemic.clamp_min(VARIANCE_FLOOR)
-        metrics["uce"] = float(uce(error_sq, epistemic, bins=UCE_BINS))
+        metrics.update(_uce_columns("uce", error_sq, epistemic, calibration))
         metrics["nll"] = float(gaussian_nll(truth, prediction.mean, epistemic))
     metrics["mean_epistemic_std"] = float(prediction.epistemic.sqrt().mean())
     metrics["mean_aleatoric_std"] = float(prediction.aleatoric.sqrt().mean())
     return metrics
 
 
-def calibration_curves(prediction: Prediction, problem: InverseProblem) -> dict[str, dict]:
+def calibration_curves(
+    prediction: Prediction, problem: InverseProblem, calibration: Calibration = DEFAULT_CALIBRATION
+) -> dict[str, dict]:
     """Per-bin calibration data for the diagrams (observation and, if known, ground truth)."""
     curves: dict[str, dict] = {}
     if not prediction.has_uncertainty:
         return curves
-    try:
-        residual_sq, variance = measurement_calibration_pairs(prediction, problem)
-        curves["observation"] = calibration_curve(residual_sq, variance, bins=UCE_BINS)
-    except NotImplementedError:
-        pass
+    binning = calibration.primary
+    pairs = measurement_calibration_pairs(prediction, problem)
+    if pairs is not None:
+        curves["observation"] = calibration_curve(*pairs, binning.bins, binning.min_occupancy)
     if problem.ground_truth is not None:
         error_sq = (prediction.mean - problem.ground_truth).pow(2)
-        curves["ground_truth"] = calibration_curve(error_sq, prediction.epistemic, bins=UCE_BINS)
+        curves["ground_truth"] = calibration_curve(
+            error_sq, prediction.epistemic, binning.bins, binning.min_occupancy
+        )
     return curves

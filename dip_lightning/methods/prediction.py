@@ -4,21 +4,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
+
+from dip_lightning.physics.base import ForwardOperator
 
 
 @dataclass
 class Prediction:
-    """Per-pixel predictive mean and variances, each (1, C, H, W).
+    """Per-pixel predictive mean and variances, each (1, C, H, W), and the epistemic variance of
+    the measurement.
 
     ``epistemic`` is the spread of the network outputs (weights, dropout masks or SGLD samples);
     ``aleatoric`` the noise variance the network predicts through its log-precision channel. Plain
-    DIP reports zeros for both.
+    DIP reports zeros for both. ``measurement_epistemic`` (1, *measurement shape) is the variance
+    of A x over the same samples: Monte Carlo samples are spatially correlated, so it cannot be
+    computed from the per-pixel ``epistemic`` map (see :func:`measurement_variance`). None when
+    the prediction was not made from samples.
     """
 
     mean: Tensor
     epistemic: Tensor
     aleatoric: Tensor
+    measurement_epistemic: Tensor | None = None
 
     @property
     def total(self) -> Tensor:
@@ -29,4 +37,21 @@ class Prediction:
         return bool(self.total.abs().sum() > 0)
 
     def detach_cpu(self) -> Prediction:
-        return Prediction(*(t.detach().float().cpu() for t in (self.mean, self.epistemic, self.aleatoric)))
+        def move(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.detach().float().cpu()
+
+        return Prediction(
+            *(move(t) for t in (self.mean, self.epistemic, self.aleatoric, self.measurement_epistemic))
+        )
+
+
+@torch.no_grad()
+def measurement_variance(samples: Tensor, operator: ForwardOperator) -> Tensor:
+    """Variance of A x over the samples x_t (T, C, H, W), shape (1, *measurement shape).
+
+    Each sample is pushed through the operator and the variance is taken there, which is exact
+    for any correlation between pixels; propagating the per-pixel variance instead assumes
+    independent pixels and, for correlated DIP samples, underestimated the variance of a blurring
+    or projecting operator several-fold.
+    """
+    return operator(samples).var(dim=0, unbiased=False, keepdim=True)

@@ -30,10 +30,11 @@ from dip_lightning.errors import ConfigError
 from dip_lightning.methods.base import DeepImagePrior, rank_seed
 from dip_lightning.methods.dip import DIP
 from dip_lightning.methods.mfvi import MeanFieldDIP
-from dip_lightning.methods.prediction import Prediction
+from dip_lightning.methods.prediction import Prediction, measurement_variance
 from dip_lightning.methods.resume_state import restore_ema
 from dip_lightning.metrics.running import ExponentialMovingAverage
 from dip_lightning.models.replicated import ReplicaNoise, replicate_network
+from dip_lightning.physics.base import ForwardOperator
 from dip_lightning.physics.observation import InverseProblem
 
 SUPPORTED = ("dip", "mfvi")
@@ -47,15 +48,20 @@ def psnr_per_replicate(images: Tensor, truth: Tensor) -> Tensor:
     return -10.0 * torch.log10(mse)
 
 
-def ensemble(predictions: list[Prediction]) -> Prediction:
+def ensemble(predictions: list[Prediction], operator: ForwardOperator) -> Prediction:
     """The replicates as one predictive distribution: mean of the means, and by the law of total
-    variance the mean of their variances plus the variance of their means (added to epistemic)."""
+    variance the mean of their variances plus the variance of their means (added to epistemic),
+    in image space and, through the operator, in measurement space."""
     means = torch.cat([p.mean for p in predictions])
     return Prediction(
         mean=means.mean(dim=0, keepdim=True),
         epistemic=torch.cat([p.epistemic for p in predictions]).mean(dim=0, keepdim=True)
         + means.var(dim=0, unbiased=False, keepdim=True),
         aleatoric=torch.cat([p.aleatoric for p in predictions]).mean(dim=0, keepdim=True),
+        measurement_epistemic=torch.cat([p.measurement_epistemic for p in predictions]).mean(
+            dim=0, keepdim=True
+        )
+        + measurement_variance(means, operator),
     )
 
 
@@ -184,6 +190,7 @@ class ReplicatedMixin:
                 means[i : i + 1],
                 epistemic[i : i + 1],
                 self.aleatoric_variance(None if precision is None else precision[i]),
+                measurement_variance(images[i], self.problem.operator),
             )
             for i in range(k)
         ]
@@ -191,7 +198,7 @@ class ReplicatedMixin:
     @torch.no_grad()
     def predict_distribution(self) -> Prediction:
         self.last_replicate_predictions = self.replicate_predictions()
-        return ensemble(self.last_replicate_predictions)
+        return ensemble(self.last_replicate_predictions, self.problem.operator)
 
     def psnr_curves(self) -> dict[str, Any]:
         curves = super().psnr_curves()

@@ -83,6 +83,7 @@ class SGLDDIP(DeepImagePrior):
         self.burn_in = int(check_positive("method.burn_in", burn_in, allow_zero=True))
         self.sample_every = int(check_positive("method.sample_every", sample_every))
         self.samples = RunningMoments()
+        self.measurement_samples = RunningMoments()
         self._noisy: list[nn.Parameter] | None = None
         self._generator: torch.Generator | None = None
         self._generator_state: torch.Tensor | None = None
@@ -90,6 +91,7 @@ class SGLDDIP(DeepImagePrior):
     def attach(self, problem):  # type: ignore[override]
         super().attach(problem)
         self.samples = RunningMoments()
+        self.measurement_samples = RunningMoments()
         self._noisy = None
         self._generator = None
         return self
@@ -135,6 +137,8 @@ class SGLDDIP(DeepImagePrior):
         super().track_output(image)
         if self.is_sample_step(self.global_step):
             self.samples.update(image)
+            with torch.no_grad():
+                self.measurement_samples.update(self.problem.operator(image))
 
     @torch.no_grad()
     def predict_distribution(self) -> Prediction:
@@ -147,11 +151,13 @@ class SGLDDIP(DeepImagePrior):
             mean=self.samples.mean.to(dtype),
             epistemic=self.samples.variance.to(dtype),
             aleatoric=self.aleatoric_variance(log_precision),
+            measurement_epistemic=self.measurement_samples.variance.to(dtype),
         )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["sgld_samples"] = self.samples.state_dict()
+        checkpoint["sgld_measurement_samples"] = self.measurement_samples.state_dict()
         if self._generator is not None:
             checkpoint["sgld_generator"] = self._generator.get_state()
 
@@ -159,4 +165,6 @@ class SGLDDIP(DeepImagePrior):
         super().on_load_checkpoint(checkpoint)
         if "sgld_samples" in checkpoint:
             self.samples.load_state_dict(checkpoint["sgld_samples"])
+        if "sgld_measurement_samples" in checkpoint:
+            self.measurement_samples.load_state_dict(checkpoint["sgld_measurement_samples"])
         self._generator_state = checkpoint.get("sgld_generator")

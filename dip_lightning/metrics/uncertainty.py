@@ -57,34 +57,55 @@ def _binned_sums(error_sq: Tensor, variance: Tensor, bins: int) -> dict[str, Ten
     }
 
 
-def uce(error_sq: Tensor, variance: Tensor, bins: int = 15) -> Tensor:
+def _check_occupancy(min_occupancy: float) -> float:
+    if isinstance(min_occupancy, bool) or not (0.0 <= float(min_occupancy) < 1.0):
+        raise ConfigError("calibration.min_occupancy", min_occupancy, "must be a number in [0, 1)")
+    return float(min_occupancy)
+
+
+def _kept_bins(counts: Tensor, total: int, min_occupancy: float) -> Tensor:
+    """Bins that enter the UCE: those holding more than ``min_occupancy`` of the elements.
+
+    With 0 every occupied bin counts (empty bins contribute zero anyway). Toelle et al.'s
+    evaluation left out bins with at most 2 % of the pixels, without renormalising the others.
+    """
+    return counts / total > _check_occupancy(min_occupancy)
+
+
+def uce(error_sq: Tensor, variance: Tensor, bins: int = 15, min_occupancy: float = 0.0) -> Tensor:
     """Uncertainty calibration error: sum over bins of (|B_m|/N) |MSE(B_m) - mean var(B_m)|.
 
     Returned as a float64 0-d tensor. Because (|B_m|/N) times a difference of bin means is the
     difference of bin sums over N, empty bins contribute exactly zero without a division.
-    A constant variance field gives a single occupied bin, i.e. |MSE - variance|.
+    A constant variance field gives a single occupied bin, i.e. |MSE - variance|. Bins holding
+    at most ``min_occupancy`` of the elements are left out (see :func:`_kept_bins`).
     """
     sums = _binned_sums(error_sq, variance, bins)
-    return (sums["sum_error"] - sums["sum_variance"]).abs().sum() / error_sq.numel()
+    kept = _kept_bins(sums["counts"], error_sq.numel(), min_occupancy)
+    gaps = (sums["sum_error"] - sums["sum_variance"]).abs()
+    return torch.where(kept, gaps, torch.zeros_like(gaps)).sum() / error_sq.numel()
 
 
-def calibration_curve(error_sq: Tensor, variance: Tensor, bins: int = 15) -> dict[str, Tensor]:
+def calibration_curve(
+    error_sq: Tensor, variance: Tensor, bins: int = 15, min_occupancy: float = 0.0
+) -> dict[str, Tensor]:
     """Per-bin data for a calibration diagram (MSE against mean predicted variance).
 
-    Keys: ``variance`` and ``mse`` (per-bin means, NaN for empty bins), ``counts``, ``edges``
-    (bins + 1 variance edges) and ``uce`` (0-d), all float64 tensors.
+    Keys: ``variance`` and ``mse`` (per-bin means, NaN for empty or left-out bins), ``counts``,
+    ``edges`` (bins + 1 variance edges) and ``uce`` (0-d), all float64 tensors.
     """
     sums = _binned_sums(error_sq, variance, bins)
     counts = sums["counts"]
-    occupied = counts > 0
+    kept = _kept_bins(counts, error_sq.numel(), min_occupancy) & (counts > 0)
     nan = torch.full_like(counts, math.nan)
     safe = counts.clamp_min(1.0)
+    gaps = (sums["sum_error"] - sums["sum_variance"]).abs()
     return {
-        "variance": torch.where(occupied, sums["sum_variance"] / safe, nan),
-        "mse": torch.where(occupied, sums["sum_error"] / safe, nan),
+        "variance": torch.where(kept, sums["sum_variance"] / safe, nan),
+        "mse": torch.where(kept, sums["sum_error"] / safe, nan),
         "counts": counts,
         "edges": sums["edges"],
-        "uce": (sums["sum_error"] - sums["sum_variance"]).abs().sum() / error_sq.numel(),
+        "uce": torch.where(kept, gaps, torch.zeros_like(gaps)).sum() / error_sq.numel(),
     }
 
 

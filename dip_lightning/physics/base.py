@@ -23,6 +23,10 @@ class ForwardOperator(nn.Module, ABC):
     """
 
     image_shape: tuple[int, int] | None = None
+    measurement_in_image_space: bool = False
+    """True when the measurement lives on the image's pixel grid, element for element (identity,
+    masks). Per-pixel quantities predicted in image space (the heteroscedastic log-precision of
+    ``likelihood=nll``) are only meaningful for such operators."""
 
     @abstractmethod
     def forward(self, x: Tensor) -> Tensor:
@@ -40,11 +44,14 @@ class ForwardOperator(nn.Module, ABC):
         return self.adjoint(y)
 
     def propagate_variance(self, variance: Tensor) -> Tensor:
-        """Variance of A x for an image with pixelwise independent variance ``variance``.
+        """Variance of A x for an image with pixelwise *independent* variance ``variance``.
 
-        For a linear map this is (A∘A) applied to the variance, where A∘A squares each entry.
-        Operators that cannot do this raise NotImplementedError and the measurement-space
-        calibration is then skipped.
+        For a linear map this is (A∘A) applied to the variance, where A∘A squares each entry. It is
+        exact only for independent pixels, so it is not used for the calibration of Monte Carlo
+        predictions, whose samples are spatially correlated (those push every sample through A and
+        take the variance there). It serves to find the measurement elements that depend on the
+        image at all (``dip_lightning.physics.holdout.observed_elements``). Operators that cannot do
+        this raise NotImplementedError.
         """
         raise NotImplementedError(f"{type(self).__name__} cannot propagate variances")
 

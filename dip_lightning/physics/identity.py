@@ -23,6 +23,8 @@ class Identity(ForwardOperator):
         True
     """
 
+    measurement_in_image_space = True
+
     def __init__(self, image_shape: tuple[int, int] | None = None) -> None:
         super().__init__()
         self.image_shape = tuple(int(s) for s in image_shape) if image_shape is not None else None

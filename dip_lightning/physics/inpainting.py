@@ -308,6 +308,8 @@ class Inpainting(ForwardOperator):
         (torch.Size([1, 1, 32, 32]), 0.75)
     """
 
+    measurement_in_image_space = True
+
     def __init__(
         self,
         image_shape: tuple[int, int] | None,

@@ -79,11 +79,18 @@ class InverseProblem:
             train_mask=None if self.train_mask is None else self.train_mask.to(device),
         )
 
-    def training_mean(self, values: Tensor) -> Tensor:
-        """Mean of per-element loss values over the elements used for training (all without a mask)."""
-        if self.train_mask is None:
+    def training_mean(self, values: Tensor, where: Tensor | None = None) -> Tensor:
+        """Mean of per-element loss values over the elements used for training.
+
+        Those are all elements, less the held-out ones (``train_mask``) and, when ``where`` is
+        given, less the elements where it is False (e.g. pixels the operator does not observe).
+        """
+        masks = [m for m in (self.train_mask, where) if m is not None]
+        if not masks:
             return values.mean()
-        mask = self.train_mask.to(values.dtype).expand_as(values)
+        mask = torch.ones_like(values)
+        for m in masks:
+            mask = mask * m.to(values.dtype).expand_as(values)
         return (values * mask).sum() / mask.sum().clamp_min(1)
 
 

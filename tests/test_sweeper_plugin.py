@@ -211,3 +211,8 @@ def test_paper_protocol_runs_the_four_initial_points_then_the_gp(tmp_path):
         json.dumps(__import__("yaml").safe_load((sweep_dir / "optimization_results.yaml").read_text()))
     )
     assert results["optuna_version"].startswith("5.") and results["n_trials"] == 5
+
+
+def test_switching_sampler_drops_the_settings_it_does_not_take():
+    s = sweeper(sampler={"_target_": "optuna.samplers.RandomSampler", "seed": 1, "n_startup_trials": 4})
+    assert isinstance(s.make_sampler(0, parse_search_space({}, [])), optuna.samplers.RandomSampler)

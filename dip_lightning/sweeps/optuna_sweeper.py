@@ -21,6 +21,7 @@ grammar, see :mod:`dip_lightning.sweeps.search_space`) and adds what our sweeps 
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import time
@@ -32,7 +33,7 @@ from hydra.core.plugins import Plugins
 from hydra.errors import CompactHydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
@@ -89,6 +90,25 @@ def counted_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:
         if not (t.state == TrialState.FAIL and t.number in retried) and not t.user_attrs.get(SURPLUS_ATTR)
     ]
     return sorted(keep, key=lambda t: t.number)
+
+
+def drop_foreign_settings(node: dict[str, Any]) -> dict[str, Any]:
+    """Leave out settings the chosen sampler does not take.
+
+    A search config tunes its default sampler (``n_startup_trials`` of GP); choosing another one
+    on the command line (``hydra/sweeper/sampler=random``) keeps those keys, which would fail.
+    """
+    try:
+        target = get_class(str(node["_target_"]))
+        accepted = inspect.signature(target.__init__).parameters
+    except Exception:
+        return node
+    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        return node
+    foreign = [k for k in node if not k.startswith("_") and k not in accepted]
+    for key in foreign:
+        log.info("Sampler %s takes no '%s': setting left out.", node["_target_"], key)
+    return {k: v for k, v in node.items() if k not in foreign}
 
 
 class ResumableOptunaSweeper(Sweeper):
@@ -191,7 +211,7 @@ class ResumableOptunaSweeper(Sweeper):
             node["seed"] = int(base) + int(seed_offset)
         if str(node["_target_"]).endswith("GridSampler"):
             node["search_space"] = space.grid()
-        return instantiate(node)
+        return instantiate(drop_foreign_settings(node))
 
     def signature(self, objective: Objective, space: SearchSpace) -> dict[str, Any]:
         """What must not change between the runs of one study."""
@@ -244,7 +264,7 @@ class ResumableOptunaSweeper(Sweeper):
                     f"must be a list of {{parameter: value}} with parameters of the search space "
                     f"({sorted(space.distributions)})",
                 )
-            study.enqueue_trial(point)
+            study.enqueue_trial(point, skip_if_exists=True)  # workers starting together
         log.info("Queued %d initial points: %s", len(self.enqueue), self.enqueue)
 
     # ------------------------------------------------------------------ the loop

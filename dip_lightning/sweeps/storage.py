@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -121,7 +122,7 @@ def open_storage(
             "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
         }
     try:
-        return RDBStorage(str(storage), **kwargs)
+        return connect_rdb(str(storage), kwargs)
     except RuntimeError as error:
         if "upgrade" not in str(error):
             raise
@@ -132,6 +133,21 @@ def open_storage(
             f"`optuna storage upgrade --storage {redact(storage)}` (back the file up first), then "
             "run the same command again",
         ) from None
+
+
+def connect_rdb(url: str, kwargs: dict[str, Any], attempts: int = 5) -> RDBStorage:
+    """Optuna's relational storage, retried: workers starting together race to create its tables."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    for attempt in range(attempts):
+        try:
+            return RDBStorage(url, **kwargs)
+        except SQLAlchemyError as error:
+            if attempt == attempts - 1:
+                raise
+            log.info("Storage not ready (%s); trying again.", type(error).__name__)
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def check_old_database(storage: Any, sweep_dir: Path) -> None:

@@ -11,7 +11,9 @@ Writes into ``<dir>/report`` (or ``--out``):
   when the study database is in the directory, else the job order);
 * ``psnr_curves.png``: PSNR over training steps of every job (``curves.json``);
 * ``best.png``: the best job's ground truth, observation, reconstruction, uncertainty and error;
-* ``pareto.png`` for two objectives.
+* ``pareto.png`` for two objectives;
+* Optuna's ``optuna_history.png``, ``optuna_parallel_coordinate.png`` and
+  ``optuna_importances.png`` when the directory holds (or points to) the study.
 
 Jobs that diverged or failed are listed with their status and drawn as red crosses; jobs without
 ``metrics.json`` (killed or crashed) are listed as missing, so partial sweeps can be reported.
@@ -48,6 +50,7 @@ from dip_lightning.sweeps.collect import (
     seed_groups,
     varying_keys,
 )
+from dip_lightning.sweeps.optuna_plots import optuna_plots
 from dip_lightning.viz.plots import save_figure
 
 TABLE_METRICS = ("psnr", "ssim", "uce", "nll", "heldout_mse", "peak_psnr", "steps", "seconds")
@@ -445,6 +448,8 @@ def build_report(root: Path | str, out: Path | str | None = None) -> Report:
     )
     images = [objective_vs_param(report, p) for p in params if p != "seed"]
     images += [history(report), psnr_curves(report), pareto_plot(report), best_panels(report)]
+    if study is not None:
+        images += optuna_plots(study.directions, study.trials, names, out)
     images = [i for i in images if i is not None]
     report.files = [*images, jobs_csv(report)]
     if report.groups:

@@ -396,6 +396,8 @@ def test_sweep_resumes_to_the_total_target_with_heldout_objective(tmp_path):
     assert [j.name for j in report.jobs] == ["0", "1", "2"] and report.study is not None
     assert report.best is not None and report.best.metric("heldout_mse") == pytest.approx(study.best_value)
     assert len(list(csv.DictReader((report.out / "jobs.csv").open()))) == 3
+    for name in ("optuna_history.png", "optuna_parallel_coordinate.png", "optuna_importances.png"):
+        assert (report.out / name).stat().st_size > 5_000, name
 
 
 def test_diverging_and_failing_trials_do_not_end_the_sweep(tmp_path):

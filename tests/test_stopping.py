@@ -332,7 +332,8 @@ def test_bad_settings_name_the_setting(make: Callable[[], object], setting: str)
 
 
 def test_alpha_one_and_tau_one_are_allowed() -> None:
-    assert ExponentialMovingVariance(alpha=1.0).warmup == 1
+    assert ExponentialMovingVariance(alpha=1.0, warmup=None).warmup == 1
+    assert ExponentialMovingVariance().warmup == 100
     assert DiscrepancyPrinciple(tau=1).tau == 1.0
 
 

@@ -422,8 +422,8 @@ class ExponentialMovingVariance(StoppingCriterion):
 
     starting from m_0 = x_0, v_0 = 0. The score is v_t averaged over pixels and the detected step
     is the step of the smallest score. Because v starts at 0, scores are only compared after
-    ``warmup`` updates (default ceil(1/a), about the memory of the average). It keeps two images of
-    state instead of a window of them.
+    ``warmup`` updates: 100 by default, as in Wang et al.'s code (None: ceil(1/a), about the
+    memory of the average). It keeps two images of state instead of a window of them.
     """
 
     name = "emv"
@@ -434,7 +434,7 @@ class ExponentialMovingVariance(StoppingCriterion):
         alpha: float = 0.1,
         patience: int = 1000,
         *,
-        warmup: int | None = None,
+        warmup: int | None = 100,
         check_every: int = 10,
         history_every: int = 10,
     ) -> None:

@@ -105,3 +105,73 @@ def wait_for(predicate, timeout: float, interval: float = 0.2) -> bool:
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+# Ray turns 127.0.0.1 into the machine's network address unless this is off; with it off, a
+# single-node cluster binds to the loopback address only.
+RAY_LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+@contextmanager
+def ray_head(num_cpus: int = 2, env: dict[str, str] | None = None) -> Iterator[str]:
+    """``ray start --head`` on 127.0.0.1; yields its address; stops the whole node afterwards.
+
+    Ray's workers inherit the head's environment (``env`` added), not the driver's: on a real
+    cluster, too, every node needs the same ``DIP_LIGHTNING_ROOT``.
+
+    The head runs with ``--block`` in its own process group, so stopping it ends exactly the
+    processes it started (``ray stop`` would end every Ray node of this user on the machine).
+    """
+    import signal
+    import sys
+
+    ray = Path(sys.executable).parent / "ray"
+    if not ray.is_file():
+        pytest.skip("Ray is not installed: pip install -e '.[ray]'")
+    temp = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray's socket paths must fit 107 bytes
+    port = free_port()
+    log = (temp / "head.log").open("w")
+    head = subprocess.Popen(
+        [
+            str(ray), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+            f"--num-cpus={num_cpus}", "--num-gpus=0", "--include-dashboard=false",
+            f"--temp-dir={temp / 'ray'}", "--disable-usage-stats",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {}), **RAY_LOOPBACK_ENV},
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        started = wait_for(
+            lambda: "will now block" in (temp / "head.log").read_text() or head.poll() is not None,
+            timeout=120,
+        )
+        if not started or head.poll() is not None:
+            raise RuntimeError(f"Ray head did not start:\n{(temp / 'head.log').read_text()[-3000:]}")
+        yield f"127.0.0.1:{port}"
+    finally:
+        for signum, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(head.pid, signum)
+            except ProcessLookupError:
+                break
+            if wait_for(lambda: not group_alive(head.pid), timeout=grace):
+                break
+        head.wait(timeout=10)
+        log.close()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the group is still running (zombies do not count)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False

@@ -290,27 +290,6 @@ def test_launcher_configs():
     assert composed._target_.endswith("SlurmLauncher") and composed.gpus_per_node == 1
 
 
-@pytest.mark.slow
-def test_ray_launcher_runs_two_trials(tmp_path):
-    pytest.importorskip("ray")
-    pytest.importorskip("hydra_plugins.hydra_ray_launcher")
-    result = run_cli(
-        [
-            "-m",
-            "seed=1,2",
-            *FAST,
-            "trainer.max_steps=5",
-            "hydra/launcher=ray_local",
-            "hydra.launcher.ray.remote.num_gpus=0",
-            "hydra.launcher.ray.remote.num_cpus=1",
-        ],
-        tmp_path,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert len(list(tmp_path.glob("outputs/multiruns/*/*/metrics.json"))) == 2
-
-
 # ---------------------------------------------------------------------- report
 def fake_sweep(root: Path) -> None:
     """Five jobs: three seeds of sigma=0.1, one other sigma, one killed job without metrics."""

@@ -403,20 +403,54 @@ def test_bad_hyperparameters_fail_before_training(small_config, tmp_path, overri
     assert not (tmp_path / "metrics.json").exists()
 
 
-def test_paper_table_keeps_the_sgld_schedule_inside_short_runs():
+def load_paper_table():
     import importlib.util
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "paper_table.py"
     spec = importlib.util.spec_from_file_location("paper_table", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.sgld_schedule(20000) == (7000, 50)
+    return module
+
+
+def test_paper_table_keeps_the_sgld_schedule_inside_short_runs():
+    module = load_paper_table()
+    assert module.sgld_schedule(50000) == (7000, 50)
     burn_in, sample_every = module.sgld_schedule(3000)
     assert burn_in < 3000 and (3000 - burn_in) // sample_every >= 200
-    args = module.parse_args(["--steps", "40", "--image", "camera"])
+    args = module.parse_args(["--steps", "40", "--image", "camera", "--steps-for", "sgld=100"])
     overrides = module.job_overrides("sgld", args)
-    assert "trainer.max_steps=40" in overrides and "data=camera" in overrides
+    assert "trainer.max_steps=100" in overrides and "data=camera" in overrides
     assert "method.burn_in=14" in overrides and "method.sample_every=1" in overrides
+    assert "trainer.max_steps=40" in module.job_overrides("dip", args)
+    with pytest.raises(SystemExit):
+        module.parse_args(["--steps-for", "nope=10"])
+    with pytest.raises(SystemExit):
+        module.parse_args(["--steps-for", "dip=ten"])
+
+
+@pytest.mark.parametrize("task", ["denoising", "super_resolution", "inpainting"])
+def test_paper_table_composes_the_mfvi_dip_papers_own_settings(tmp_path, task):
+    """One learning rate for all four methods per task; each method's optimiser as its script."""
+    from dip_lightning.config import compose_config
+
+    module = load_paper_table()
+    args = module.parse_args(["--task", task, "--image", "package:mr_small", "--size", "64"])
+    rate = 5e-3 if task == "denoising" else 3e-3
+    expected = {
+        "dip": ("torch.optim.Adam", None),
+        "sgld": ("torch.optim.Adam", 5e-8),
+        "mcdropout": ("torch.optim.AdamW", 1e-4),
+        "mfvi": ("torch.optim.AdamW", 0.01),
+    }
+    for method, (optimizer, decay) in expected.items():
+        cfg = compose_config(module.job_overrides(method, args), tmp_path / method)
+        assert cfg.method.optimizer._target_ == optimizer
+        assert cfg.method.optimizer.lr == pytest.approx(rate)
+        assert cfg.method.optimizer.get("weight_decay") == decay
+        assert cfg.data.name == "mr_small" and cfg.data.size == 64
+    sgld = compose_config(module.job_overrides("sgld", args), tmp_path / "sgld")
+    assert sgld.method.noisy_parameters == "all"
 
 
 @pytest.mark.parametrize("method", ["dip", "sgld"])

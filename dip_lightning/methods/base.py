@@ -277,8 +277,12 @@ class DeepImagePrior(pl.LightningModule):
                 checksum,
             )
 
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """The configured optimiser over every parameter; samplers build their own."""
+        return self.optimizer_factory(params=self.parameters())
+
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=self.parameters())
+        optimizer = self.build_optimizer()
         if self.lr_schedule == "constant":
             return optimizer
         # run_settings.check_run_settings has made sure there is a step budget.

@@ -16,7 +16,7 @@ from torch import nn
 from dip_lightning.errors import check_choice, check_in_range, check_positive
 from dip_lightning.methods.base import DeepImagePrior
 from dip_lightning.models.layers import init_normal_
-from dip_lightning.models.skip import DROPOUT_PLACEMENTS
+from dip_lightning.models.skip import DROPOUT_ORDERS, DROPOUT_PLACEMENTS
 
 
 @contextmanager
@@ -41,6 +41,9 @@ class MCDropoutDIP(DeepImagePrior):
             network, hence zero epistemic variance.
         dropout_placement: where dropout goes (``after_conv``: after every conv block except the
             skip and output convolutions, as in the original; ``decoder_only``: decoder blocks).
+        dropout_order: ``before_norm`` (conv -> Dropout2d -> BatchNorm -> activation, the order of
+            both reference implementations) or ``after_activation`` (dropout at the end of the
+            block, this project's earlier default).
         weight_init_std: conv weights are initialised N(0, std) (0.1 in the original).
     """
 
@@ -49,6 +52,7 @@ class MCDropoutDIP(DeepImagePrior):
         *args: Any,
         dropout_p: float = 0.3,
         dropout_placement: str = "after_conv",
+        dropout_order: str = "before_norm",
         weight_init_std: float = 0.1,
         **kwargs: Any,
     ) -> None:
@@ -60,6 +64,7 @@ class MCDropoutDIP(DeepImagePrior):
         self.dropout_placement = str(
             check_choice("method.dropout_placement", dropout_placement, DROPOUT_PLACEMENTS)
         )
+        self.dropout_order = str(check_choice("method.dropout_order", dropout_order, DROPOUT_ORDERS))
         self.weight_init_std = float(
             check_positive("method.weight_init_std", weight_init_std, allow_zero=True)
         )
@@ -69,6 +74,7 @@ class MCDropoutDIP(DeepImagePrior):
             **super().network_kwargs(),
             "dropout_p": self.dropout_p,
             "dropout_placement": self.dropout_placement,
+            "dropout_order": self.dropout_order,
         }
 
     def initialise_network(self, net: nn.Module) -> None:

@@ -8,6 +8,13 @@ samples (Welford updates on the device, float64), never a stored list of images.
 The samples are the image-space network output of the training step (the original code's choice,
 input perturbation included), so super-resolution samples are high-resolution images, not their
 downsampled measurements.
+
+``langevin`` chooses the dynamics. ``reference`` (default) is Cheng et al.'s: Adam on the mean
+squared error with noise of std 2 lr added after each step. Its variance is a heuristic spread of
+the iterates, not a posterior variance. ``sgld`` and ``psgld`` sample the posterior of the weights
+instead (:mod:`dip_lightning.methods.langevin`): the loss becomes the negative log-posterior, the
+data term scaled to N / (2 sigma^2) times the mean squared residual, with sigma the known noise
+level of the measurement (or ``likelihood_std``), and the optimiser adds the noise.
 """
 
 from __future__ import annotations
@@ -18,14 +25,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dip_lightning.errors import check_choice, check_positive
+from dip_lightning.errors import ConfigError, check_choice, check_positive
 from dip_lightning.methods.base import RANK_SEED_STRIDE, DeepImagePrior
+from dip_lightning.methods.langevin import LangevinDynamics
 from dip_lightning.methods.prediction import Prediction
 from dip_lightning.metrics.running import RunningMoments
+from dip_lightning.physics.holdout import observed_elements
 
 log = logging.getLogger(__name__)
 
 NOISY_PARAMETERS = ("conv_weights", "all")
+LANGEVIN_KINDS = ("reference", "sgld", "psgld")
 LANGEVIN_SEED_OFFSET = RANK_SEED_STRIDE - 1
 """The Langevin noise stream is seeded with ``seed * RANK_SEED_STRIDE + LANGEVIN_SEED_OFFSET``."""
 
@@ -63,6 +73,12 @@ class SGLDDIP(DeepImagePrior):
         noisy_parameters: ``conv_weights`` (original) or ``all``.
         burn_in: steps before the first sample (7000 in the original).
         sample_every: steps between samples after the burn-in (50 in the original).
+        langevin: ``reference`` (Adam plus noise, Cheng et al.), ``sgld`` or ``psgld`` (posterior
+            samplers; see the module doc).
+        langevin_step: the step size of ``sgld`` / ``psgld`` on the negative log-posterior.
+        likelihood_std: the noise std of the Gaussian likelihood of ``sgld`` / ``psgld``; None
+            takes the measurement's known noise level.
+        temperature: 1 samples the posterior; below 1 a tempered ("cold") one.
     """
 
     def __init__(
@@ -72,6 +88,10 @@ class SGLDDIP(DeepImagePrior):
         noisy_parameters: str = "conv_weights",
         burn_in: int = 7000,
         sample_every: int = 50,
+        langevin: str = "reference",
+        langevin_step: float = 1e-3,
+        likelihood_std: float | None = None,
+        temperature: float = 1.0,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("reconstruction", "predictive_mean")
@@ -82,14 +102,28 @@ class SGLDDIP(DeepImagePrior):
         )
         self.burn_in = int(check_positive("method.burn_in", burn_in, allow_zero=True))
         self.sample_every = int(check_positive("method.sample_every", sample_every))
+        self.langevin = str(check_choice("method.langevin", langevin, LANGEVIN_KINDS))
+        self.langevin_step = float(check_positive("method.langevin_step", langevin_step))
+        self.likelihood_std = (
+            None if likelihood_std is None else float(check_positive("method.likelihood_std", likelihood_std))
+        )
+        self.temperature = float(check_positive("method.temperature", temperature, allow_zero=True))
+        self.posterior_scale = 1.0
         self.samples = RunningMoments()
         self.measurement_samples = RunningMoments()
         self._noisy: list[nn.Parameter] | None = None
         self._generator: torch.Generator | None = None
         self._generator_state: torch.Tensor | None = None
 
+    @property
+    def samples_posterior(self) -> bool:
+        """True for the textbook samplers, whose variance is a posterior variance."""
+        return self.langevin != "reference"
+
     def attach(self, problem):  # type: ignore[override]
         super().attach(problem)
+        if self.samples_posterior:
+            self.posterior_scale = self.negative_log_likelihood_scale(problem)
         self.samples = RunningMoments()
         self.measurement_samples = RunningMoments()
         self._noisy = None
@@ -107,6 +141,42 @@ class SGLDDIP(DeepImagePrior):
                 max_steps,
             )
 
+    def negative_log_likelihood_scale(self, problem) -> float:
+        """N / (2 sigma^2): the factor that turns the mean squared residual into the Gaussian
+        negative log-likelihood of the N measurement elements used for training."""
+        sigma = self.likelihood_std if self.likelihood_std is not None else problem.noise_std
+        if sigma is None or not sigma > 0:
+            raise ConfigError(
+                "method.likelihood_std",
+                self.likelihood_std,
+                f"method.langevin={self.langevin} needs the noise std of the measurement; the problem "
+                f"does not know it (found {sigma}): set method.likelihood_std to a number > 0",
+            )
+        ones = torch.ones_like(problem.observation, dtype=torch.bool)
+        used = observed_elements(problem).expand_as(ones)
+        if problem.train_mask is not None:
+            used = used & problem.train_mask.bool().expand_as(ones)
+        count = float(used.sum())
+        return count / (2.0 * sigma**2)
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        if not self.samples_posterior:
+            return super().build_optimizer()
+        # The configured weight decay is the precision of the Gaussian weight prior.
+        weight_decay = getattr(self.optimizer_factory, "keywords", {}).get("weight_decay") or 0.0
+        return LangevinDynamics(
+            self.parameters(),
+            lr=self.langevin_step,
+            weight_decay=float(weight_decay),
+            preconditioned=self.langevin == "psgld",
+            temperature=self.temperature,
+        )
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """The reference's loss, or the negative log-posterior's data part for the samplers."""
+        loss = super().training_step(batch, batch_idx)
+        return loss * self.posterior_scale if self.samples_posterior else loss
+
     def langevin_generator(self, device: torch.device) -> torch.Generator:
         """The Langevin noise stream on ``device``: the same on every rank."""
         if self._generator is None or self._generator.device != device:
@@ -122,6 +192,11 @@ class SGLDDIP(DeepImagePrior):
         return self.noise_scale * float(optimizer.param_groups[0]["lr"])
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:  # type: ignore[override]
+        if self.samples_posterior:
+            sampler = getattr(optimizer, "optimizer", optimizer)
+            sampler.generator = self.langevin_generator(self.device)
+            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+            return
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         std = self.noise_std(optimizer)
         if std <= 0:

@@ -29,6 +29,10 @@ NORMS: tuple[str, ...] = ("batch", "instance", "none")
 UPSAMPLE_MODES: tuple[str, ...] = ("bilinear", "nearest", "bicubic")
 DOWNSAMPLE_MODES: tuple[str, ...] = ("stride", "avg", "max")
 DROPOUT_PLACEMENTS: tuple[str, ...] = ("after_conv", "decoder_only")
+DROPOUT_ORDERS: tuple[str, ...] = ("before_norm", "after_activation")
+"""Where dropout sits in a conv block: ``before_norm`` (conv -> Dropout2d -> norm -> activation,
+as in Laves et al.'s and Toelle et al.'s code) or ``after_activation`` (conv -> norm ->
+activation -> Dropout2d)."""
 
 ChannelSpec = int | Sequence[int]
 
@@ -149,6 +153,7 @@ class SkipNet(nn.Module):
         conv: ConvFactory | None = None,
         dropout_p: float = 0.0,
         dropout_placement: str = "after_conv",
+        dropout_order: str = "before_norm",
     ) -> None:
         super().__init__()
         self.in_channels = check_count("model.in_channels", in_channels)
@@ -164,6 +169,7 @@ class SkipNet(nn.Module):
         check_choice("model.padding", padding, PADDING_MODES)
         check_in_range("model.dropout_p", dropout_p, 0.0, 1.0)
         check_choice("model.dropout_placement", dropout_placement, DROPOUT_PLACEMENTS)
+        check_choice("method.dropout_order", dropout_order, DROPOUT_ORDERS)
 
         self.channels_down, self.channels_up, self.channels_skip = down, up, skip
         self.scales = len(down)
@@ -176,6 +182,7 @@ class SkipNet(nn.Module):
         self._downsample = downsample
         self._dropout_p = float(dropout_p)
         self._dropout_placement = dropout_placement
+        self._dropout_order = dropout_order
 
         self.body = self._build_scale(0, self.in_channels, upsample_mode)
         total_out = self.out_channels + int(self.log_precision_channel)
@@ -184,17 +191,19 @@ class SkipNet(nn.Module):
 
     # ----------------------------------------------------------------------------------- building
     def _block(self, in_ch: int, out_ch: int, kernel: int, stride: int, dropout: bool) -> list[nn.Module]:
-        """conv → norm → activation (→ dropout), the unit every part of the network is made of."""
+        """conv → norm → activation, the unit every part of the network is made of, with channel
+        dropout right after the conv (``before_norm``) or at the end (``after_activation``)."""
+        dropout_layer = [nn.Dropout2d(self._dropout_p)] if dropout and self._dropout_p > 0 else []
+        early = dropout_layer if self._dropout_order == "before_norm" else []
+        late = dropout_layer if self._dropout_order == "after_activation" else []
         layers: list[nn.Module] = []
         if stride > 1 and self._downsample != "stride":
             layers.append(self._conv(in_ch, out_ch, kernel, 1, self.padding, True))
             pool = nn.AvgPool2d if self._downsample == "avg" else nn.MaxPool2d
-            layers.append(pool(stride))
+            layers += [*early, pool(stride)]
         else:
-            layers.append(self._conv(in_ch, out_ch, kernel, stride, self.padding, True))
-        layers += [_norm(self.norm, out_ch), _activation(self._activation)]
-        if dropout and self._dropout_p > 0:
-            layers.append(nn.Dropout2d(self._dropout_p))
+            layers += [self._conv(in_ch, out_ch, kernel, stride, self.padding, True), *early]
+        layers += [_norm(self.norm, out_ch), _activation(self._activation), *late]
         return layers
 
     def _build_scale(self, i: int, in_ch: int, upsample_mode: str) -> _Scale:

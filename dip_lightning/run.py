@@ -27,7 +27,7 @@ from dip_lightning.checkpointing import CHECKPOINT_DIR, StepCheckpoint, prepare_
 from dip_lightning.config import build
 from dip_lightning.data.datamodule import SingleObservationDataModule
 from dip_lightning.data.io import fit_size
-from dip_lightning.errors import DivergenceError, InputFileError, OutputWriteError
+from dip_lightning.errors import DipError, DivergenceError, InputFileError, OutputWriteError
 from dip_lightning.methods.base import DeepImagePrior
 from dip_lightning.methods.replicates import replicated_method_config
 from dip_lightning.models.acceleration import accelerate, architecture, execution_settings
@@ -141,10 +141,23 @@ def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Any]:
             kwargs.pop("_target_", None)
             wandb_logger = make_wandb_logger(kwargs)
             if wandb_logger is not None:
+                declare_objective(cfg, wandb_logger)
                 loggers.append(wandb_logger)
             continue
         loggers.append(build(logger_cfg, save_dir=str(output_dir)))
     return loggers
+
+
+def declare_objective(cfg: DictConfig, wandb_logger: Any) -> None:
+    """Make the sweep's objective a summary metric (max or min) of the W&B run."""
+    from dip_lightning.sweeps.objective import objective_from_config
+    from dip_lightning.sweeps.wandb_summary import define_objective
+
+    try:
+        objective = objective_from_config(cfg)
+    except DipError:
+        return  # a bad objective setting is reported where a sweep reads it
+    define_objective(wandb_logger.experiment, objective.names, objective.directions)
 
 
 def build_callbacks(cfg: DictConfig, output_dir: Path) -> tuple[list[pl.Callback], EarlyStopping]:

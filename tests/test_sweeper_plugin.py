@@ -14,7 +14,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from dip_lightning.errors import ConfigError
-from dip_lightning.sweeps.optuna_sweeper import ResumableOptunaSweeper, counted_trials
+from dip_lightning.sweeps.optuna_sweeper import ResumableOptunaSweeper
 from dip_lightning.sweeps.search_space import parse_search_space
 from dip_lightning.sweeps.storage import (
     check_old_database,
@@ -24,6 +24,7 @@ from dip_lightning.sweeps.storage import (
     requeue_running,
     storages_in,
 )
+from dip_lightning.sweeps.study_trials import counted_trials
 from tests.conftest import run_cli
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -21,7 +21,6 @@ grammar, see :mod:`dip_lightning.sweeps.search_space`) and adds what our sweeps 
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import time
@@ -33,9 +32,9 @@ from hydra.core.plugins import Plugins
 from hydra.errors import CompactHydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from dip_lightning.errors import ConfigError, DipError
 from dip_lightning.sweeps.devices import parallel_jobs
@@ -49,12 +48,18 @@ from dip_lightning.sweeps.storage import (
     open_storage,
     redact,
     requeue_running,
-    retried_numbers,
 )
+from dip_lightning.sweeps.study_trials import (
+    FINISHED,
+    SURPLUS_ATTR,
+    counted_trials,
+    drop_foreign_settings,
+    grid_size,
+)
+from dip_lightning.sweeps.wandb_summary import log_summary_run
 
 log = logging.getLogger(__name__)
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 # Overrides that change how a trial runs or logs, not its result: a study may continue with others.
 RESUME_IGNORED = (
     "num_threads",
@@ -67,7 +72,6 @@ RESUME_IGNORED = (
     "trainer.enable_progress_bar",
 )
 SIGNATURE_ATTR = "dip_lightning_signature"
-SURPLUS_ATTR = "surplus"
 
 
 class SweepError(DipError, CompactHydraException):
@@ -75,40 +79,6 @@ class SweepError(DipError, CompactHydraException):
 
     Hydra prints a CompactHydraException as its message alone, without a traceback.
     """
-
-
-def counted_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    """The trials that make up the study's total, by number.
-
-    Left out: stale trials of a dead worker that were re-queued (their retry counts instead) and
-    surplus trials that concurrent workers asked for after the total was reached.
-    """
-    retried = retried_numbers(trials)
-    keep = [
-        t
-        for t in trials
-        if not (t.state == TrialState.FAIL and t.number in retried) and not t.user_attrs.get(SURPLUS_ATTR)
-    ]
-    return sorted(keep, key=lambda t: t.number)
-
-
-def drop_foreign_settings(node: dict[str, Any]) -> dict[str, Any]:
-    """Leave out settings the chosen sampler does not take.
-
-    A search config tunes its default sampler (``n_startup_trials`` of GP); choosing another one
-    on the command line (``hydra/sweeper/sampler=random``) keeps those keys, which would fail.
-    """
-    try:
-        target = get_class(str(node["_target_"]))
-        accepted = inspect.signature(target.__init__).parameters
-    except Exception:
-        return node
-    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
-        return node
-    foreign = [k for k in node if not k.startswith("_") and k not in accepted]
-    for key in foreign:
-        log.info("Sampler %s takes no '%s': setting left out.", node["_target_"], key)
-    return {k: v for k, v in node.items() if k not in foreign}
 
 
 class ResumableOptunaSweeper(Sweeper):
@@ -317,7 +287,7 @@ class ResumableOptunaSweeper(Sweeper):
         study.sampler = self.make_sampler(len(existing) + salt, space)
         target = self.n_trials
         if isinstance(study.sampler, optuna.samplers.GridSampler):
-            target = min(target, len(list(_grid_points(space))))
+            target = min(target, grid_size(space))
         log.info("Study: %s (storage %s)", study.study_name, redact(self.storage_setting))
         log.info("Objective: %s, directions %s", list(objective.names), list(objective.directions))
         finished = sum(t.state in FINISHED for t in counted_trials(existing))
@@ -422,9 +392,4 @@ class ResumableOptunaSweeper(Sweeper):
         counted = counted_trials(study.get_trials(deepcopy=False))
         path = Path(self.config.hydra.sweep.dir) / "optimization_results.yaml"
         write_results(study, objective, redact(self.storage_setting), path, counted)
-
-
-def _grid_points(space: SearchSpace) -> Any:
-    import itertools
-
-    return itertools.product(*space.grid().values())
+        log_summary_run(self.config, study, counted, objective, redact(self.storage_setting))

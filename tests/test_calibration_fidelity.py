@@ -59,6 +59,8 @@ def test_nll_learns_the_true_noise_variance_on_a_masked_measurement(kind: str) -
     truth = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(0))
     operator = Inpainting((64, 64), kind=kind, missing_fraction=0.5, seed=3, block_size=8)
     problem = make_observation(truth, operator, GaussianNoise(sigma), seed=1)
+    # A camera records nothing in the holes: noise only where the mask observes.
+    problem.observation = operator(problem.observation)
     method = MCDropoutDIP(
         net=lambda **_: FixedImageLearnedNoise(truth),
         optimizer=lambda params: torch.optim.Adam(params, lr=0.05),

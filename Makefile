@@ -15,6 +15,8 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_INSTALL)
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# Environments made before our own sweeper still hold hydra-optuna-sweeper (built for optuna 2).
+	$(BIN)/pip uninstall --quiet --yes hydra-optuna-sweeper 2>/dev/null || true
 	touch $@
 
 env: $(BIN)/.installed

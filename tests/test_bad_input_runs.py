@@ -53,6 +53,12 @@ def zero_size(directory: Path) -> Path:
     return directory / "zero.npy"
 
 
+def stack_without_slice(directory: Path) -> Path:
+    """(slices, H, W): without data.slice_index it is not an image (it once became a 40x64 one)."""
+    np.save(directory / "stack.npy", np.zeros((40, 64, 64), np.float32))
+    return directory / "stack.npy"
+
+
 def a_directory(directory: Path) -> Path:
     (directory / "folder.png").mkdir()
     return directory / "folder.png"
@@ -73,6 +79,7 @@ def compressed_dicom(directory: Path) -> Path:
         (two_channels, "2 channels"),
         (single_pixel, "1x1 pixels; at least 8x8"),
         (zero_size, "at least 8x8"),
+        (stack_without_slice, r"shape \(40, 64, 64\), which is not an image; accepted are a 2-D image"),
         (a_directory, "directory"),
         (compressed_dicom, "JPEG-LS"),
     ],

@@ -231,11 +231,21 @@ def _read_npy(path: Path, slice_index: int | None, slice_axis: int) -> np.ndarra
         raise InputFileError(path, f"the file is not a readable .npy array ({err})") from err
     if not isinstance(array, np.ndarray):
         raise InputFileError(path, "the file does not hold a single array")
-    if array.ndim not in (2, 3):
-        raise InputFileError(
-            path, f"the array has shape {array.shape}; a 2-D image or a 3-D volume is needed"
-        )
+    if array.ndim not in (2, 3) or (
+        array.ndim == 3 and array.shape[-1] not in (1, 3) and slice_index is None
+    ):
+        raise InputFileError(path, npy_shape_help(array.shape))
     return _image_or_slice(array, slice_index, slice_axis, path)
+
+
+def npy_shape_help(shape: tuple[int, ...]) -> str:
+    """Why a .npy array of ``shape`` is not an image, and the shapes that are accepted."""
+    return (
+        f"the array has shape {shape}, which is not an image; accepted are a 2-D image (H, W), "
+        "a 3-D image with a last channel axis of 1 or 3 (H, W, 1) or (H, W, 3), or a 3-D volume "
+        "with data.slice_index=<i> naming the slice (and data.slice_axis=<axis>, default -1, the "
+        "axis it indexes; e.g. data.slice_axis=0 for a (slices, H, W) stack)"
+    )
 
 
 def _read_dicom(path: Path, slice_index: int | None, slice_axis: int) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 The server is Debian's PostgreSQL, started on 127.0.0.1 by the test and deleted afterwards. The
 killed worker's trial must be failed by the heartbeat, re-queued once and run by a surviving
-worker, and the study must end with exactly n_trials complete trials, none run twice.
+worker, and the study must end with exactly n_trials complete trials, none run twice. The two
+surviving workers start together, so they also race for the same trials.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.conftest import ROOT, cli_env
-from tests.servers import postgres_server
+from tests.servers import postgres_server, wait_for
 
 pytestmark = pytest.mark.heavy
 
@@ -53,17 +54,23 @@ def test_three_workers_share_a_postgresql_study_and_survive_a_killed_worker(tmp_
         # The first worker kills itself (SIGKILL: no clean-up, no last heartbeat) in its first trial.
         kill = f"+callbacks.kill={{_target_:tests.interrupting.SignalAt,step:{KILL_AT},signum:{int(signal.SIGKILL)}}}"
         start = time.monotonic()
-        workers = [
-            subprocess.Popen(
-                [*args, kill] if index == 0 else args,
+
+        def worker(extra: list[str]) -> subprocess.Popen:
+            return subprocess.Popen(
+                [*args, *extra],
                 cwd=tmp_path,
                 env=cli_env(tmp_path),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
             )
-            for index in range(3)
-        ]
+
+        # The doomed worker starts first and the others once its first trial has begun, so it
+        # surely gets a trial to die in, however slowly the processes start on a busy machine.
+        workers = [worker([kill])]
+        first_trial = tmp_path / "outputs" / "sweeps" / "mfvi_prior-denoising-camera-small" / "0" / ".hydra"
+        assert wait_for(lambda: first_trial.exists() or workers[0].poll() is not None, timeout=300)
+        workers += [worker([]), worker([])]
         outputs = [worker.communicate(timeout=600)[0] for worker in workers]
         wall = time.monotonic() - start
         codes = [worker.returncode for worker in workers]

@@ -12,11 +12,13 @@ points at 0.075/0.175/0.275/0.375, then GP-EI on [0.01, 0.4]) it prints the best
 and 12 trials, mean ± std over 3 sampler seeds, and writes a CSV.
 
 Step 3 (``objective``) compares, per image, the sigma chosen by ``heldout_mse`` (what a user
-without ground truth can optimise) with the one chosen by PSNR, and the PSNR each reaches.
+without ground truth can optimise) with the one chosen by PSNR on the same ``--points`` grid,
+and the PSNR each reaches. (A 6-point grid is every third point of the 16-point one.)
 
-    python benchmarks/sampler_comparison.py cache --data-dir /path/to/tuning/images
+    python benchmarks/sampler_comparison.py cache --images xray --points 16 --steps 1000
+    python benchmarks/sampler_comparison.py cache --images oct ultrasound --points 6 --steps 1000
     python benchmarks/sampler_comparison.py compare
-    python benchmarks/sampler_comparison.py objective
+    python benchmarks/sampler_comparison.py objective --points 6
 
 The cache records the git commit it was measured at: method defaults change between commits.
 """
@@ -214,8 +216,12 @@ def objective(args: argparse.Namespace) -> None:
     rows = read_cache(args.cache)
     print("| image | sigma by PSNR | its PSNR | sigma by heldout_mse | its PSNR | PSNR lost |")
     print("|---|---|---|---|---|---|")
+    points = set(grid(args.points))
     for name in args.images:
-        cached = table(rows, name)
+        cached = {s: r for s, r in table(rows, name).items() if s in points}
+        if len(cached) < len(points):
+            print(f"| {name} | (only {len(cached)} of the {len(points)} grid points cached) |")
+            continue
         by_psnr = max(cached, key=lambda s: cached[s]["psnr"])
         by_mse = min(cached, key=lambda s: cached[s]["heldout_mse"])
         lost = cached[by_psnr]["psnr"] - cached[by_mse]["psnr"]

@@ -46,6 +46,6 @@ def test_compare_and_objective_steps_write_their_tables(tmp_path, capsys):
     rows = list(csv.DictReader((tmp_path / "sampler_comparison_xray.csv").open()))
     assert {r["search"] for r in rows} == {"gp", "tpe", "random", "gp_paper"}
     assert {r["trials"] for r in rows} == {"4", "8", "12"}
-    main(["objective", "--cache", str(tmp_path / "cache.jsonl"), "--images", "xray"])
+    main(["objective", "--cache", str(tmp_path / "cache.jsonl"), "--images", "xray", "--points", "16"])
     out = capsys.readouterr().out
     assert "| xray | 0.1" in out and "| gp |" in out

@@ -217,6 +217,7 @@ def objective(args: argparse.Namespace) -> None:
     print("| image | sigma by PSNR | its PSNR | sigma by heldout_mse | its PSNR | PSNR lost |")
     print("|---|---|---|---|---|---|")
     points = set(grid(args.points))
+    found: list[dict[str, Any]] = []
     for name in args.images:
         cached = {s: r for s, r in table(rows, name).items() if s in points}
         if len(cached) < len(points):
@@ -229,6 +230,24 @@ def objective(args: argparse.Namespace) -> None:
             f"| {name} | {by_psnr:.4g} | {cached[by_psnr]['psnr']:.2f} | {by_mse:.4g} | "
             f"{cached[by_mse]['psnr']:.2f} | {lost:.2f} |"
         )
+        found.append(
+            {
+                "image": name,
+                "grid_points": len(points),
+                "sigma_by_psnr": by_psnr,
+                "psnr": cached[by_psnr]["psnr"],
+                "sigma_by_heldout_mse": by_mse,
+                "psnr_of_that_sigma": cached[by_mse]["psnr"],
+                "psnr_lost": round(lost, 3),
+            }
+        )
+    if found:
+        path = args.out / f"objective_comparison_{args.points}.csv"
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(found[0]))
+            writer.writeheader()
+            writer.writerows(found)
+        print(f"written {path}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -46,6 +46,21 @@ def test_compare_and_objective_steps_write_their_tables(tmp_path, capsys):
     rows = list(csv.DictReader((tmp_path / "sampler_comparison_xray.csv").open()))
     assert {r["search"] for r in rows} == {"gp", "tpe", "random", "gp_paper"}
     assert {r["trials"] for r in rows} == {"4", "8", "12"}
-    main(["objective", "--cache", str(tmp_path / "cache.jsonl"), "--images", "xray", "--points", "16"])
+    main(
+        [
+            "objective",
+            "--cache",
+            str(tmp_path / "cache.jsonl"),
+            "--images",
+            "xray",
+            "--points",
+            "16",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     out = capsys.readouterr().out
     assert "| xray | 0.1" in out and "| gp |" in out
+    (row,) = csv.DictReader((tmp_path / "objective_comparison_16.csv").open())
+    # The made-up heldout_mse is lowest at 0.05, PSNR highest at 0.1: the PSNR lost is positive.
+    assert float(row["sigma_by_psnr"]) == 0.1046 and float(row["psnr_lost"]) > 0

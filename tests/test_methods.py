@@ -346,6 +346,10 @@ def test_method_configs_match_the_reference_settings(small_config):
     assert mfvi.optimizer._target_ == "torch.optim.AdamW"
     assert (mfvi.mu_init_std, mfvi.rho_init_mean, mfvi.rho_init_std) == (0.1, -3.0, 0.1)
     assert (mfvi.kl_weight, mfvi.prior_mu, mfvi.prior_sigma, mfvi.likelihood) == (1e-6, 0.0, 0.05, "mse")
+    # The reference's AdamW(params, lr): PyTorch's default decay 0.01; 5e-3 on denoising, 3e-3 elsewhere.
+    assert (mfvi.optimizer.lr, mfvi.optimizer.weight_decay) == (5e-3, 0.01)
+    other = small_config("task=super_resolution", "method=mfvi").method.optimizer
+    assert (other.lr, other.weight_decay) == (3e-3, 0.01)
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -6,7 +6,11 @@ These run in-process in well under a second each; the end-to-end sweeps are in t
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 
 import optuna
 import pytest
@@ -217,3 +221,28 @@ def test_paper_protocol_runs_the_four_initial_points_then_the_gp(tmp_path):
 def test_switching_sampler_drops_the_settings_it_does_not_take():
     s = sweeper(sampler={"_target_": "optuna.samplers.RandomSampler", "seed": 1, "n_startup_trials": 4})
     assert isinstance(s.make_sampler(0, parse_search_space({}, [])), optuna.samplers.RandomSampler)
+
+
+def test_a_study_written_by_optuna_2_10_is_upgraded_and_continued(tmp_path):
+    """tests/data/optuna_2_10_study.db was written by optuna 2.10.1 (SQLAlchemy 1.4), as the old
+    sweeper left studies: study 'old', two COMPLETE trials and one left RUNNING by a kill.
+
+    Made with: create_study('old', 'sqlite:///optuna.db', direction='maximize'), two asked and
+    told trials suggesting prior.sigma on log [0.01, 0.5], and a third asked but never told.
+    """
+    database = tmp_path / "optuna.db"
+    shutil.copy(Path(__file__).parent / "data" / "optuna_2_10_study.db", database)
+    url = f"sqlite:///{database}"
+    with pytest.raises(ConfigError, match="optuna storage upgrade --storage sqlite:///"):
+        open_storage(url)
+    upgrade = subprocess.run(
+        [str(Path(sys.executable).parent / "optuna"), "storage", "upgrade", "--storage", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert upgrade.returncode == 0, upgrade.stderr[-2000:]
+    assert requeue_running(open_storage(url), "old") == [2]
+    study = optuna.load_study(study_name="old", storage=open_storage(url))
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.WAITING]
+    assert [t.value for t in study.trials[:2]] == [20.05, 20.1]

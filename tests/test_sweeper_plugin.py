@@ -246,3 +246,14 @@ def test_a_study_written_by_optuna_2_10_is_upgraded_and_continued(tmp_path):
     study = optuna.load_study(study_name="old", storage=open_storage(url))
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.WAITING]
     assert [t.value for t in study.trials[:2]] == [20.05, 20.1]
+
+
+def test_enqueued_points_must_name_parameters_of_the_search_space():
+    space = parse_search_space({"prior.sigma": "interval(0.01, 0.4)"}, [])
+    with pytest.raises(ConfigError, match=r"hydra.sweeper.enqueue.*\['prior.sigma'\]"):
+        sweeper(enqueue=[{"prior.sigmaa": 0.1}]).enqueue_points(optuna.create_study(), space)
+    study = optuna.create_study()
+    sweeper(enqueue=[{"prior.sigma": 0.075}, {"prior.sigma": 0.175}]).enqueue_points(study, space)
+    assert [t.state for t in study.trials] == [TrialState.WAITING] * 2
+    sweeper(enqueue=[{"prior.sigma": 0.075}]).enqueue_points(study, space)  # not a new study: nothing added
+    assert len(study.trials) == 2

@@ -175,3 +175,100 @@ def group_alive(pgid: int) -> bool:
         if int(fields[2]) == pgid and fields[0] != "Z":
             return True
     return False
+
+
+SLURM_CONF = """ClusterName=dip-test
+SlurmctldHost=localhost(127.0.0.1)
+SlurmctldPort={ctld_port}
+SlurmdPort={slurmd_port}
+# Bind to 127.0.0.1 (the nodes' address here) instead of every interface.
+CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket={root}/munge.sock
+SlurmUser=root
+SlurmdUser=root
+StateSaveLocation={root}/state
+SlurmdSpoolDir={root}/spool
+SlurmctldPidFile={root}/slurmctld.pid
+SlurmdPidFile={root}/slurmd.pid
+SlurmctldLogFile={root}/slurmctld.log
+SlurmdLogFile={root}/slurmd.log
+# No cgroups in a container: track processes by their parent, no task containment, no accounting.
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+ReturnToService=2
+NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=1000 State=UNKNOWN
+PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+@contextmanager
+def slurm_cluster(cpus: int = 2) -> Iterator[dict[str, str]]:
+    """A one-node Slurm cluster (munged, slurmctld, slurmd) on 127.0.0.1; yields the clients' environment.
+
+    slurmd must run as root to start jobs as the submitting user, so this needs root (CI is).
+    Each daemon runs in the foreground in its own process group and is stopped with it.
+    """
+    import signal
+
+    search = f"{os.environ.get('PATH', '')}:/usr/sbin:/usr/bin"  # the daemons live in /usr/sbin
+    programs = {
+        name: shutil.which(name, path=search) for name in ("munged", "slurmctld", "slurmd", "sbatch", "sinfo")
+    }
+    missing = [name for name, path in programs.items() if path is None]
+    if missing:
+        pytest.skip(
+            f"Slurm programs {missing} are not installed: apt-get install slurmctld slurmd slurm-client munge"
+        )
+    if os.geteuid() != 0:
+        pytest.skip("a one-node Slurm needs root: slurmd starts jobs as the submitting user")
+    root = Path(tempfile.mkdtemp(prefix="dip-slurm-"))
+    (root / "state").mkdir()
+    (root / "spool").mkdir()
+    key = root / "munge.key"
+    key.write_bytes(os.urandom(1024))
+    key.chmod(0o600)
+    conf = root / "slurm.conf"
+    conf.write_text(SLURM_CONF.format(root=root, ctld_port=free_port(), slurmd_port=free_port(), cpus=cpus))
+    env = {**os.environ, "SLURM_CONF": str(conf)}
+    commands = [
+        [programs["munged"], "--foreground", "--force", f"--key-file={key}", f"--socket={root}/munge.sock",
+         f"--pid-file={root}/munged.pid", f"--log-file={root}/munged.log", f"--seed-file={root}/munge.seed"],
+        [programs["slurmctld"], "-D", "-f", str(conf)],
+        [programs["slurmd"], "-D", "-f", str(conf), "-N", "localhost"],
+    ]  # fmt: skip
+    daemons: list[subprocess.Popen] = []
+    try:
+        for command in commands:
+            log = (root / f"{Path(command[0]).name}.out").open("w")
+            daemons.append(
+                subprocess.Popen(
+                    command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
+            )
+            if command[0] == programs["munged"]:
+                wait_for(lambda: (root / "munge.sock").exists(), timeout=30)
+
+        def idle() -> bool:
+            state = subprocess.run(
+                [programs["sinfo"], "-h", "-o", "%t"], env=env, capture_output=True, text=True
+            )
+            return state.stdout.strip() == "idle"
+
+        if not wait_for(idle, timeout=60, interval=0.5):
+            logs = "\n".join(p.read_text()[-1500:] for p in root.glob("*.log"))
+            raise RuntimeError(f"the one-node Slurm cluster did not come up:\n{logs}")
+        yield {"SLURM_CONF": str(conf)}
+    finally:
+        for daemon in reversed(daemons):
+            try:
+                os.killpg(daemon.pid, signal.SIGTERM)
+                daemon.wait(timeout=20)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(daemon.pid, signal.SIGKILL)
+                daemon.wait(timeout=10)
+        shutil.rmtree(root, ignore_errors=True)

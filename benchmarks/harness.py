@@ -209,6 +209,11 @@ def mean_ms(spans: Sequence[float], warmup: int) -> float:
     return 1000.0 * statistics.fmean(spans[warmup:])
 
 
+# Speed runs time a fixed number of steps: plain DIP's default early stopping is switched off
+# (a later stopping=<name> in a job's own overrides still wins).
+RUN_TO_BUDGET = "stopping=fixed"
+
+
 def _platform_run(overrides: Sequence[str], steps: int, warmup: int) -> StepTimer:
     StepTimer.finished = None
     timer = [
@@ -216,7 +221,7 @@ def _platform_run(overrides: Sequence[str], steps: int, warmup: int) -> StepTime
         f"+callbacks.step_timer.warmup={warmup}",
     ]
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = compose_config([*overrides, *timer, f"trainer.max_steps={steps}"], tmp)
+        cfg = compose_config([RUN_TO_BUDGET, *overrides, *timer, f"trainer.max_steps={steps}"], tmp)
         try:
             run(cfg)
         except TimingDone:
@@ -255,7 +260,7 @@ def build_reference(
 ) -> tuple[Any, Any, torch.nn.Module, torch.Tensor]:
     """Config, problem, network and input of a job, as the platform builds them, on ``device``."""
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = compose_config(list(overrides), tmp)
+        cfg = compose_config([RUN_TO_BUDGET, *overrides], tmp)
     pl.seed_everything(int(cfg.seed), verbose=False)
     problem = build_problem(cfg)
     method = build_method(cfg, problem)

@@ -106,7 +106,14 @@ def run_case(image: str, sigma: float, args: argparse.Namespace, workdir: Path) 
     seconds = time.perf_counter() - start
     results = json.loads((output_dir / "stopping_monitor.json").read_text())
     results["seconds"] = seconds
+    results["psnr_ema"] = json.loads((output_dir / "curves.json").read_text())["psnr_ema"]
     return results
+
+
+def ema_at(results: dict[str, Any], step: int | None) -> float | None:
+    """PSNR of the output EMA at ``step`` (from the run's curves), None when unknown."""
+    curve = results.get("psnr_ema") or []
+    return None if step is None or not 0 <= step < len(curve) else round(curve[step], 3)
 
 
 def rows_of(image: str, sigma: float, results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -126,6 +133,7 @@ def rows_of(image: str, sigma: float, results: dict[str, Any]) -> list[dict[str,
                 "detected_psnr": round(entry["detected_psnr"], 3),
                 "noise_std": None if entry["noise_std"] is None else round(entry["noise_std"], 4),
                 "gap_db": round(entry["detection_gap"], 3),
+                "detected_ema_psnr": ema_at(results, entry["detected_step"]),
                 "seconds": round(results["seconds"], 1),
             }
         )

@@ -58,10 +58,11 @@ def choose_prediction(method: DeepImagePrior, stopping: EarlyStopping, status: s
         zeros = torch.zeros_like(mean)
         return Prediction(mean, zeros, zeros.clone()), source
     prediction = method.predict_distribution()
-    detected = stopping.criterion.detected_image
+    detected, kind = stopping.reported_image()
     if not isinstance(stopping.criterion, FixedSteps) and detected is not None:
         prediction = dataclasses.replace(prediction, mean=detected.to(prediction.mean))
-        return prediction, f"stopping:{stopping.criterion.name}"
+        suffix = " (output EMA)" if kind == "ema" else ""
+        return prediction, f"stopping:{stopping.criterion.name}{suffix}"
     return prediction, method.reconstruction
 
 
@@ -106,6 +107,9 @@ def detection_metrics(
     }
     if "peak_psnr" in peak:
         metrics["detection_gap"] = peak["peak_psnr"] - metrics["detected_psnr"]
+    ema = stopping.detected_ema
+    if ema is not None:
+        metrics["detected_ema_psnr"] = float(psnr(ema.to(truth), truth).mean())
     return metrics
 
 
@@ -242,6 +246,7 @@ def finalise(
     log_final(trainer, metrics, output_dir, files)
     result = RunResult(status=status, metrics=metrics, output_dir=output_dir, files=files)
     print_summary(result, problem)
+    print("\n".join(where_to_look(result, trainer)), flush=True)
     return result
 
 
@@ -266,16 +271,45 @@ def print_summary(result: RunResult, problem: InverseProblem) -> None:
         lines.append(
             f"  peak PSNR {m['peak_psnr']:.2f} dB at step {m['peak_step']}, EMA peak {m['peak_psnr_ema']:.2f} dB"
         )
-    if m.get("criterion") not in (None, "fixed") and m.get("detected_step") is not None:
-        line = f"  {m['criterion']}: reconstruction from step {m['detected_step']}"
-        if m.get("stopped_early"):
-            line += f", stopped at step {m['stop_step']}"
-        if "detection_gap" in m:
-            line += f"; {m['detected_psnr']:.2f} dB, {m['detection_gap']:.2f} dB below the peak"
-        lines.append(line)
+    lines += stopping_lines(m)
     if "uce" in m:
         lines.append(f"  UCE {m['uce']:.5f} (vs truth), NLL {m['nll']:.3f}")
     if "reason" in m:
         lines.append(f"  {m['reason']}")
     lines.append(f"  outputs: {result.output_dir}")
     print("\n".join(lines), flush=True)
+
+
+def stopping_lines(m: dict[str, Any]) -> list[str]:
+    """The summary lines of an early-stopping run: which step is reported, where and why it stopped."""
+    if m.get("criterion") in (None, "fixed") or m.get("detected_step") is None:
+        return []
+    what = "output EMA" if "(output EMA)" in str(m.get("reconstruction_source")) else "raw output"
+    line = f"  {m['criterion']}: reconstruction = {what} at step {m['detected_step']}"
+    if "detection_gap" in m:
+        line += f" (raw output there {m['detected_psnr']:.2f} dB, {m['detection_gap']:.2f} dB below its peak)"
+    lines = [line]
+    if m.get("stopped_early"):
+        lines.append(f"  stopped at step {m['stop_step']}: {m['stop_reason']}")
+    else:
+        lines.append(f"  did not stop early: {m.get('stop_reason', 'ran to trainer.max_steps')}")
+    return lines
+
+
+def where_to_look(result: RunResult, trainer: pl.Trainer) -> list[str]:
+    """Closing lines: which image files to open and how to see the W&B run."""
+    pngs = [f.name for f in result.files if f.suffix == ".png"]
+    lines = [f"  images: {', '.join(pngs)}"] if pngs else []
+    for logger in wandb_loggers(trainer):
+        try:
+            run = logger.experiment
+            run_dir = Path(run.dir).parent
+            offline = bool(getattr(run.settings, "_offline", False)) or run.settings.mode == "offline"
+            url = None if offline else run.url
+        except Exception:  # a broken W&B run must not spoil the summary
+            continue
+        if url:
+            lines.append(f"  W&B run: {url}")
+        else:
+            lines.append(f"  W&B (offline): {run_dir}; to see it online: wandb sync {run_dir}")
+    return lines

@@ -29,6 +29,8 @@ from dip_lightning.run import build_method, build_problem, run
 
 STEPS = 8
 FLOAT64 = ("trainer.precision=64-true", "data.size=32", "method.num_samples=2")
+# Replicates train to the step budget; plain DIP's default early stopping is switched off.
+FIXED = "stopping=fixed"
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -46,7 +48,7 @@ def fit(cfg, steps: int = STEPS):
     ("method", "task"), [("dip", "denoising"), ("mfvi", "super_resolution"), ("mfvi", "denoising")]
 )
 def test_replicate_k_matches_a_separate_run_with_seed_k(small_config, method, task):
-    common = (f"method={method}", f"task={task}", *FLOAT64)
+    common = (f"method={method}", f"task={task}", FIXED, *FLOAT64)
     replicated = fit(small_config(*common, "seed=5", "method.replicates=3"))
     assert isinstance(replicated, ReplicatedDIP | ReplicatedMeanFieldDIP)
     for k in range(3):
@@ -94,7 +96,7 @@ def test_replicates_one_is_the_plain_method(small_config):
         (("method=mcdropout", "method.replicates=2"), "supported methods: dip, mfvi"),
         (("method=sgld", "method.replicates=2"), "supported methods: dip, mfvi"),
         (("stopping=wmv", "method.replicates=2"), "use stopping=fixed"),
-        (("method.grad_clip=1.0", "method.replicates=2"), "grad_clip=0"),
+        ((FIXED, "method.grad_clip=1.0", "method.replicates=2"), "grad_clip=0"),
     ],
 )
 def test_replicates_settings_are_checked_before_training(small_config, overrides, message):
@@ -110,7 +112,7 @@ def test_a_single_network_method_refuses_replicates():
 
 
 def test_replicated_run_reports_each_replicate_and_their_spread(small_config, tmp_path, capsys):
-    cfg = small_config("method.replicates=2", "data.size=32", "trainer.max_steps=6")
+    cfg = small_config(FIXED, "method.replicates=2", "data.size=32", "trainer.max_steps=6")
     run(cfg)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["replicates"] == 2 and [r["seed"] for r in metrics["per_replicate"]] == [0, 1]

@@ -19,7 +19,8 @@ from dip_lightning.errors import ConfigError, OutputWriteError
 from dip_lightning.methods import resume_state
 from dip_lightning.run import run
 
-BASE = ("preset=small", "logger=none", "trainer.check_val_every_n_epoch=6")
+# Runs to the step budget unless a case names a stopping rule (plain DIP stops early by default).
+BASE = ("preset=small", "logger=none", "trainer.check_val_every_n_epoch=6", "stopping=fixed")
 RESUME_CASES = {
     # WMV with a short window and patience: its window, minimum and patience state must carry over.
     "dip": ("method=dip", "stopping=wmv", "stopping.criterion.window=4", "stopping.criterion.check_every=2"),

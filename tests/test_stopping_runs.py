@@ -67,14 +67,19 @@ def saved_reconstruction_psnr(run_dir: Path) -> float:
 
 
 def assert_reports_the_detected_output(metrics: dict, run_dir: Path, criterion: str) -> None:
-    """The reconstruction on disk is the raw output at the detected step, and the gap adds up."""
+    """The reconstruction on disk is the image reported at the detected step (the raw output, or
+    the output EMA there for criteria whose ``stopping.report`` is ``ema``), and the gap adds up."""
     for key in DETECTION_KEYS:
         assert key in metrics, f"{key} missing from metrics.json: {sorted(metrics)}"
     assert metrics["criterion"] == criterion
-    assert metrics["reconstruction_source"] == f"stopping:{criterion}"
     assert 0 <= metrics["detected_step"] < metrics["steps"]
-    assert metrics["psnr"] == pytest.approx(metrics["detected_psnr"], abs=PSNR_TOLERANCE)
-    assert saved_reconstruction_psnr(run_dir) == pytest.approx(metrics["detected_psnr"], abs=PSNR_TOLERANCE)
+    if metrics["reconstruction_source"] == f"stopping:{criterion} (output EMA)":
+        reported = metrics["detected_ema_psnr"]
+    else:
+        assert metrics["reconstruction_source"] == f"stopping:{criterion}"
+        reported = metrics["detected_psnr"]
+    assert metrics["psnr"] == pytest.approx(reported, abs=PSNR_TOLERANCE)
+    assert saved_reconstruction_psnr(run_dir) == pytest.approx(reported, abs=PSNR_TOLERANCE)
     assert metrics["detection_gap"] == pytest.approx(metrics["peak_psnr"] - metrics["detected_psnr"])
     # The peak is the best raw output of the run, and the detected image is one of them.
     assert metrics["detection_gap"] >= -PSNR_TOLERANCE
@@ -121,6 +126,24 @@ def test_wmv_stops_early_on_ct(small_config, tmp_path, monkeypatch):
     metrics = fit(small_config, "task=ct", "method=dip", *WMV, f"trainer.max_steps={CT_MAX_STEPS}")
     assert_reports_the_detected_output(metrics, tmp_path, "wmv")
     assert_stopped_early(metrics, patience=20, max_steps=CT_MAX_STEPS)
+
+
+@pytest.mark.parametrize("report", ["ema", "output"])
+def test_report_chooses_the_ema_or_the_raw_output_at_the_detected_step(small_config, tmp_path, report):
+    metrics = fit(
+        small_config, "method=dip", *WMV, f"stopping.report={report}", f"trainer.max_steps={MAX_STEPS}"
+    )
+    curves = json.loads((tmp_path / "curves.json").read_text())
+    step = metrics["detected_step"]
+    assert metrics["detected_ema_psnr" if report == "ema" else "detected_psnr"] == pytest.approx(
+        metrics["psnr"], abs=PSNR_TOLERANCE
+    )
+    assert metrics["detected_psnr"] == pytest.approx(curves["psnr"][step], abs=PSNR_TOLERANCE)
+    if report == "ema":
+        assert metrics["psnr"] == pytest.approx(curves["psnr_ema"][step], abs=PSNR_TOLERANCE)
+        assert metrics["reconstruction_source"] == "stopping:wmv (output EMA)"
+    else:
+        assert metrics["reconstruction_source"] == "stopping:wmv"
 
 
 def test_discrepancy_stops_at_the_simulated_noise_level(small_config, tmp_path):
@@ -184,7 +207,8 @@ def test_fixed_run_watched_by_a_monitor_matches_the_wmv_run(small_config, tmp_pa
     assert fixed["steps"] == MAX_STEPS and fixed["stopped_early"] is False
     wmv = watched["criteria"]["wmv"]
     assert (wmv["detected_step"], wmv["stop_step"]) == (stopped["detected_step"], stopped["stop_step"])
-    assert wmv["detected_psnr"] == pytest.approx(stopped_psnr, abs=PSNR_TOLERANCE)
+    assert wmv["detected_psnr"] == pytest.approx(stopped["detected_psnr"], abs=PSNR_TOLERANCE)
+    assert stopped_psnr == pytest.approx(stopped["detected_ema_psnr"], abs=PSNR_TOLERANCE)  # report: ema
     oracle = watched["criteria"]["oracle"]
     assert oracle["detected_step"] == fixed["peak_step"] == watched["peak_step"]
     assert oracle["detection_gap"] == pytest.approx(0.0, abs=PSNR_TOLERANCE)
@@ -266,6 +290,7 @@ def test_discrepancy_on_a_noise_free_task_needs_a_noise_level(small_config, tmp_
         (("stopping=discrepancy", "stopping.criterion.tau=0.5"), "stopping.criterion.tau"),
         (("stopping=discrepancy", "stopping.criterion.noise_std=loud"), "stopping.criterion.noise_std"),
         (("stopping=fixed", "stopping.criterion.check_every=0"), "stopping.criterion.check_every"),
+        (("stopping=wmv", "stopping.report=mean"), "stopping.report"),
     ],
 )
 def test_bad_stopping_settings_fail_before_training(small_config, tmp_path, overrides, setting):
@@ -283,7 +308,8 @@ def test_wmv_from_the_command_line(tmp_path):
         ["preset=small", "logger=none", "num_threads=1", *WMV, f"trainer.max_steps={MAX_STEPS}"], tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "wmv: reconstruction from step" in result.stdout
+    assert "wmv: reconstruction = output EMA at step" in result.stdout
+    assert "stopped at step" in result.stdout and "had not improved for 20 steps" in result.stdout
     (metrics_file,) = tmp_path.glob("outputs/**/metrics.json")
     metrics = json.loads(metrics_file.read_text())
     assert_reports_the_detected_output(metrics, metrics_file.parent, "wmv")

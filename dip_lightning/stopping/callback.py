@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from torch import Tensor
 
 from dip_lightning.errors import ConfigError
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 NOISE_FROM_CONFIG = "config (stopping.criterion.noise_std)"
 NOISE_FROM_PROBLEM = "problem (known noise std)"
 NOISE_ESTIMATED = "estimated from the observation (wavelet MAD)"
+# What a run reports at the detected step: the method's output EMA there, or the raw output.
+REPORTS = ("ema", "output")
 
 
 def _real_element_count(observation: Tensor) -> int:
@@ -32,12 +35,25 @@ def _real_element_count(observation: Tensor) -> int:
 
 
 class EarlyStopping(pl.Callback):
-    """Runs ``criterion`` after every training step and stops training when it says so."""
+    """Runs ``criterion`` after every training step and stops training when it says so.
 
-    def __init__(self, criterion: StoppingCriterion) -> None:
+    Args:
+        criterion: the stopping rule.
+        report: ``"output"`` reports the raw network output at the detected step; ``"ema"`` the
+            method's output EMA at that step (kept on the device alongside the criterion's image;
+            methods without an EMA fall back to the raw output).
+    """
+
+    def __init__(self, criterion: StoppingCriterion, report: str = "output") -> None:
         if not isinstance(criterion, StoppingCriterion):
             raise TypeError(f"EarlyStopping needs a StoppingCriterion, got {type(criterion).__name__}")
+        if report not in REPORTS:
+            raise ConfigError(
+                "stopping.report", report, "must be 'ema' (the output EMA at the detected step) or 'output'"
+            )
         self.criterion = criterion
+        self.report = report
+        self._detected_ema: Tensor | None = None
         self.noise_std: float | None = None
         self.noise_std_source: str | None = None
         self.stopped_early = False
@@ -138,6 +154,8 @@ class EarlyStopping(pl.Callback):
             misfit=getattr(pl_module, "latest_misfit", None),
             psnr=getattr(pl_module, "latest_psnr", None),
         )
+        if self.report == "ema":
+            self._keep_ema(step, pl_module)
         if stop and not self.stopped_early:
             self.stopped_early = True
             self.stop_step = step
@@ -149,6 +167,47 @@ class EarlyStopping(pl.Callback):
             )
         return stop
 
+    def _keep_ema(self, step: int, pl_module: pl.LightningModule) -> None:
+        """Copy the method's output EMA when this step became the detected one (branch-free)."""
+        ema = getattr(getattr(pl_module, "ema", None), "value", None)
+        best_step = self.criterion.detected_step_tensor
+        if ema is None or best_step is None:
+            return
+        if self._detected_ema is None or self._detected_ema.shape != ema.shape:
+            self._detected_ema = torch.zeros_like(ema)
+        elif self._detected_ema.device != ema.device:
+            self._detected_ema = self._detected_ema.to(ema.device)
+        hit = best_step.to(ema.device) == step
+        self._detected_ema.copy_(torch.where(hit, ema.detach(), self._detected_ema))
+
+    @property
+    def detected_ema(self) -> Tensor | None:
+        """The output EMA at the detected step (with ``report="ema"``), else None."""
+        if self._detected_ema is None or self.criterion.detected_step is None:
+            return None
+        return self._detected_ema.clone()
+
+    def reported_image(self) -> tuple[Tensor | None, str]:
+        """The image the run reports at the detection, and its label (``ema`` or ``output``)."""
+        ema = self.detected_ema if self.report == "ema" else None
+        if ema is not None:
+            return ema, "ema"
+        return self.criterion.detected_image, "output"
+
+    def stop_reason(self) -> str:
+        """Why training ended where it did, in words (for the run's summary)."""
+        if not self.stopped_early:
+            return "ran to trainer.max_steps"
+        patience = getattr(self.criterion, "patience", None)
+        if patience is not None:
+            return (
+                f"its score had not improved for {patience} steps since step {self.criterion.detected_step}"
+            )
+        threshold = getattr(self.criterion, "threshold", None)
+        if threshold is not None:
+            return f"the misfit ||A x - y|| reached tau * delta = {threshold:.4g}"
+        return "its rule was met"
+
     def summary(self) -> dict[str, Any]:
         """What to log at the end of a run: where the reconstruction comes from and why."""
         return {
@@ -156,6 +215,7 @@ class EarlyStopping(pl.Callback):
             "detected_step": self.criterion.detected_step,
             "stopped_early": self.stopped_early,
             "stop_step": self.stop_step,
+            "stop_reason": self.stop_reason(),
             "noise_std": self.noise_std,
             "noise_std_source": self.noise_std_source,
             "best_score": self.criterion.best_score,
@@ -169,6 +229,7 @@ class EarlyStopping(pl.Callback):
             "stop_step": self.stop_step,
             "noise_std": self.noise_std,
             "noise_std_source": self.noise_std_source,
+            "detected_ema": None if self._detected_ema is None else self._detected_ema.detach().clone(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -177,3 +238,5 @@ class EarlyStopping(pl.Callback):
         self.stop_step = state_dict["stop_step"]
         self.noise_std = state_dict["noise_std"]
         self.noise_std_source = state_dict["noise_std_source"]
+        ema = state_dict.get("detected_ema")
+        self._detected_ema = None if ema is None else ema.detach().clone()

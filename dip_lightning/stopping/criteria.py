@@ -134,6 +134,11 @@ class StoppingCriterion(ABC):
         return None if step < 0 else step
 
     @property
+    def detected_step_tensor(self) -> Tensor | None:
+        """:attr:`detected_step` as the device tensor (-1 before a detection), read without a sync."""
+        return self._best_step
+
+    @property
     def detected_image(self) -> Tensor | None:
         """A copy of the output at :attr:`detected_step`, on the image's device."""
         if self.detected_step is None or self._best_image is None:

@@ -1,4 +1,4 @@
-"""Sparse-view CT: FBP, DIP, DIP+TV, MFVI+TV and educated DIP on phantoms (a Baguer et al. table).
+"""Sparse-view CT: FBP, DIP, DIP+TV, MFVI+TV and educated DIP on phantoms and real CT slices.
 
 Every row is one job of the platform itself: the config `python launch.py task=ct ...` would
 compose (``dip_lightning.config.compose_config``) run by ``dip_lightning.run.run``; the educated
@@ -6,7 +6,16 @@ DIP network is pretrained once by ``dip_lightning.pretrain.pretrain``, exactly w
 `python -m dip_lightning.pretrain task=ct ...` does. All methods of an image share one
 observation (128x128, 60 parallel-beam angles, 5% relative Gaussian noise by default).
 
-Columns: PSNR and SSIM of the reported image, the training steps, the job's wall time, and for
+Images come in groups, each reported with its own mean: ``phantoms`` (Shepp-Logan and seeded
+random ellipses), ``real`` (``--slices``: the CT slices shipped with pydicom, resized to
+``--size``) and ``files`` (``--files``: any image file, resized, e.g. tuning slices kept outside
+the repository). ``--watch wmv emv`` lets those stopping criteria watch every DIP-family job
+without stopping it (``StoppingMonitor``) and adds a row per criterion (``DIP+TV @wmv``): the
+quality of the raw network output at the step that criterion detects, the step itself in
+``detected_step``.
+
+Columns: PSNR and SSIM of the reported image, the training steps, the job's wall time, the
+step of a stopping rule's detection (a job that stopped early, or a watched criterion), and for
 educated DIP ``steps_to_reach``: the first step at which its reported image (the output EMA)
 is at least as good as DIP+TV's final image. The goals checked at the end:
 
@@ -17,6 +26,7 @@ is at least as good as DIP+TV's final image. The goals checked at the end:
     python benchmarks/ct_table.py                                   # full scale (hours on a CPU)
     python benchmarks/ct_table.py --steps 300 --ellipses 1 --pretrain-steps 300 --pretrain-images 600
     python benchmarks/ct_table.py --device gpu --model skip --steps 5000 --pretrain-steps 20000
+    python benchmarks/ct_table.py --size 64 --methods fbp dip dip_tv --slices ct_small ct_head
 
 Prints a Markdown table and writes ``benchmarks/results/ct_table_<device>.csv``.
 """
@@ -35,6 +45,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from omegaconf import open_dict
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -51,7 +63,23 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     "mfvi_tv": ("MFVI+TV", ["method=mfvi", "prior=tv"]),
     "edip": ("EDIP", ["method=edip", "prior=tv"]),
 }
-COLUMNS = ("image", "method", "psnr", "ssim", "steps", "seconds", "peak_psnr", "steps_to_reach")
+COLUMNS = (
+    "group",
+    "image",
+    "method",
+    "psnr",
+    "ssim",
+    "steps",
+    "seconds",
+    "peak_psnr",
+    "detected_step",
+    "steps_to_reach",
+)
+# Real CT slices shipped with pydicom (dip_lightning.data.sources), resized to the table's size.
+SLICES = ("ct_small", "ct_head")
+GROUP_TITLES = {"phantoms": "Phantoms", "real": "Real CT slices", "files": "Image files"}
+# Criteria that --watch can attach, with the settings of conf/stopping/<name>.yaml.
+WATCHABLE = ("wmv", "emv", "discrepancy", "oracle")
 GOAL_GAIN_DB = 4.0
 GOAL_STEP_FRACTION = 1.0 / 3.0
 
@@ -64,6 +92,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ellipses", type=int, default=3, help="random-ellipse phantoms (seeds 0, 1, ...)")
     parser.add_argument("--first-seed", type=int, default=0, help="seed of the first ellipse phantom")
     parser.add_argument("--no-shepp-logan", action="store_true", help="leave out the Shepp-Logan phantom")
+    parser.add_argument(
+        "--slices", nargs="*", default=[], choices=SLICES, help="real CT slices from pydicom, resized"
+    )
+    parser.add_argument("--files", nargs="*", type=Path, default=[], help="image files (resized, grey)")
+    parser.add_argument(
+        "--watch",
+        nargs="*",
+        default=[],
+        choices=WATCHABLE,
+        help="stopping criteria that watch every DIP-family job and get a row each",
+    )
     parser.add_argument("--steps", type=int, default=2000, help="steps of DIP, DIP+TV and MFVI+TV")
     parser.add_argument("--edip-steps", type=int, default=None, help="fine-tuning steps (default: steps / 3)")
     parser.add_argument(
@@ -106,11 +145,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def images(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
-    """(label, data overrides) of every test image."""
-    chosen = [] if args.no_shepp_logan else [("shepp_logan", ["data=shepp_logan"])]
+def images(args: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
+    """(group, label, data overrides) of every test image: phantoms, real slices, files."""
+    chosen = [] if args.no_shepp_logan else [("phantoms", "shepp_logan", ["data=shepp_logan"])]
     seeds = range(args.first_seed, args.first_seed + args.ellipses)
-    chosen += [(f"ellipses_{seed}", ["data=ellipses", f"data.seed={seed}"]) for seed in seeds]
+    chosen += [("phantoms", f"ellipses_{seed}", ["data=ellipses", f"data.seed={seed}"]) for seed in seeds]
+    grey_resized = ["data.resize=true", "data.channels=1"]
+    for name in args.slices:
+        chosen.append(("real", name, ["data=package", f"data.name={name}", *grey_resized]))
+    for path in args.files:
+        chosen.append(("files", path.stem, ["data=file", f"data.path={path.resolve()}", *grey_resized]))
     return chosen
 
 
@@ -132,22 +176,44 @@ def common_overrides(args: argparse.Namespace) -> list[str]:
     return [*overrides, *args.overrides]
 
 
+def monitor_node(watch: list[str], path: Path) -> dict[str, Any]:
+    """A StoppingMonitor callback over the ``watch`` criteria with their conf/stopping settings."""
+    criteria = {}
+    for name in watch:
+        criterion = compose_config(["task=ct", f"stopping={name}", "logger=none"], path.parent).stopping
+        criteria[name] = dict(criterion.criterion)
+    return {
+        "_target_": "dip_lightning.stopping.monitor.StoppingMonitor",
+        "path": str(path),
+        "criteria": criteria,
+    }
+
+
 def run_job(
-    overrides: list[str], output_dir: Path, reuse: bool = False
+    overrides: list[str], output_dir: Path, reuse: bool = False, watch: list[str] | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """One platform job; its metrics.json and curves.json.
+    """One platform job; its metrics.json and curves.json (with ``watch``: and ``monitor``).
 
     With ``reuse``, a finished job of the same overrides in ``output_dir`` (recorded in
     ``table_job.json``) is read back instead of run again, so a long table can be continued.
+    ``watch`` names stopping criteria that a StoppingMonitor feeds from the job without stopping
+    it; their results go to ``monitor.json`` and into the returned curves under ``monitor``.
     """
     record = output_dir / "table_job.json"
+    key = [*overrides, *(f"watch={name}" for name in watch or [])]
     finished = (output_dir / "metrics.json").exists() and record.exists()
-    if not (reuse and finished and json.loads(record.read_text()) == overrides):
+    if not (reuse and finished and json.loads(record.read_text()) == key):
         record.unlink(missing_ok=True)
-        run(compose_config(overrides, output_dir))
-        record.write_text(json.dumps(overrides))
+        cfg = compose_config(overrides, output_dir)
+        if watch:
+            with open_dict(cfg):
+                cfg.callbacks.stopping_monitor = monitor_node(watch, output_dir / "monitor.json")
+        run(cfg)
+        record.write_text(json.dumps(key))
     metrics = json.loads((output_dir / "metrics.json").read_text())
     curves = json.loads((output_dir / "curves.json").read_text())
+    if watch:
+        curves["monitor"] = json.loads((output_dir / "monitor.json").read_text())
     return metrics, curves
 
 
@@ -187,7 +253,29 @@ def reported_curve(metrics: dict[str, Any], curves: dict[str, Any]) -> list[floa
     return curves["psnr_ema"] if metrics.get("reconstruction_source") == "ema" else curves["psnr"]
 
 
-def run_image(args: argparse.Namespace, label: str, data: list[str], checkpoint: Path | None) -> list[dict]:
+def watched_rows(group: str, label: str, method: str, monitor: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per watching criterion: the raw output at its detected step."""
+    rows = []
+    for name, entry in monitor["criteria"].items():
+        rows.append(
+            {
+                **dict.fromkeys(COLUMNS),
+                "group": group,
+                "image": label,
+                "method": f"{method} @{name}",
+                "psnr": entry.get("detected_psnr"),
+                "ssim": entry.get("detected_ssim"),
+                "steps": monitor["steps"],
+                "peak_psnr": monitor.get("peak_psnr"),
+                "detected_step": entry["detected_step"],
+            }
+        )
+    return rows
+
+
+def run_image(
+    args: argparse.Namespace, group: str, label: str, data: list[str], checkpoint: Path | None
+) -> list[dict]:
     """All methods on one image; FBP comes from the first job's saved baseline."""
     rows: list[dict[str, Any]] = []
     results: dict[str, tuple[dict, dict]] = {}
@@ -196,12 +284,14 @@ def run_image(args: argparse.Namespace, label: str, data: list[str], checkpoint:
         overrides.append(f"trainer.max_steps={args.steps_of[name]}")
         if name == "edip":
             overrides.append(f"method.checkpoint={checkpoint}")
+        watch = [] if name == "edip" else list(args.watch)
         start = time.perf_counter()
-        metrics, curves = run_job(overrides, args.out_dir / label / name, args.reuse)
+        metrics, curves = run_job(overrides, args.out_dir / label / name, args.reuse, watch)
         print(f"{label} {name}: {metrics['psnr']:.2f} dB in {time.perf_counter() - start:.0f} s", flush=True)
         results[name] = (metrics, curves)
         rows.append(
             {
+                "group": group,
                 "image": label,
                 "method": METHODS[name][0],
                 "psnr": metrics["psnr"],
@@ -209,12 +299,16 @@ def run_image(args: argparse.Namespace, label: str, data: list[str], checkpoint:
                 "steps": metrics["steps"],
                 "seconds": metrics["seconds"],
                 "peak_psnr": metrics.get("peak_psnr"),
+                "detected_step": metrics.get("detected_step") if metrics.get("stopped_early") else None,
                 "steps_to_reach": None,
             }
         )
+        if watch:
+            rows += watched_rows(group, label, METHODS[name][0], curves["monitor"])
     if "fbp" in args.methods and results:
         metrics = next(iter(results.values()))[0]
         fbp = {
+            "group": group,
             "image": label,
             "method": "FBP",
             "psnr": metrics["baseline_psnr"],
@@ -229,13 +323,13 @@ def run_image(args: argparse.Namespace, label: str, data: list[str], checkpoint:
 
 
 def mean_rows(rows: list[dict]) -> list[dict]:
-    """The mean of every numeric column per method over the images."""
+    """The mean of every numeric column per method over the images of one group."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
     means = []
     for method in methods:
         group = [r for r in rows if r["method"] == method]
-        mean: dict[str, Any] = {"image": "mean", "method": method}
-        for column in COLUMNS[2:]:
+        mean: dict[str, Any] = {"group": group[0]["group"], "image": "mean", "method": method}
+        for column in COLUMNS[3:]:
             values = [r[column] for r in group if isinstance(r[column], int | float)]
             mean[column] = statistics.fmean(values) if len(values) == len(group) and values else None
         means.append(mean)
@@ -251,15 +345,26 @@ def format_cell(value: Any, column: str) -> str:
         return f"{value:.3f}"
     if column == "seconds":
         return f"{value:.0f}"
-    if column in ("steps", "steps_to_reach"):
+    if column in ("steps", "detected_step", "steps_to_reach"):
         return f"{value:.0f}"
     return str(value)
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(format_cell(r[c], c) for c in COLUMNS) + " |" for r in rows]
+    shown = COLUMNS[1:]  # the group is the section's title
+    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    lines += ["| " + " | ".join(format_cell(r[c], c) for c in shown) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def grouped(rows: list[dict]) -> dict[str, list[dict]]:
+    """Per-image rows by group (phantoms, real, files), in that order, each followed by its means."""
+    groups: dict[str, list[dict]] = {}
+    for name in GROUP_TITLES:
+        members = [r for r in rows if r["group"] == name]
+        if members:
+            groups[name] = members + mean_rows(members)
+    return groups
 
 
 def goals(rows: list[dict], args: argparse.Namespace) -> list[str]:
@@ -299,18 +404,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     chosen = images(args)
     checkpoint = None
     if "edip" in args.methods:
-        checkpoint = pretrained_checkpoint(args, chosen[0][1] if chosen else [])
+        checkpoint = pretrained_checkpoint(args, chosen[0][2] if chosen else [])
     rows: list[dict] = []
     if args.jobs > 1 and len(chosen) > 1:
         context = multiprocessing.get_context("spawn")  # fresh processes: no shared Hydra or torch state
         with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
-            futures = [pool.submit(run_image, args, label, data, checkpoint) for label, data in chosen]
+            futures = [pool.submit(run_image, args, *image, checkpoint) for image in chosen]
             for future in futures:
                 rows += future.result()
     else:
-        for label, data in chosen:
-            rows += run_image(args, label, data, checkpoint)
-    table = rows + mean_rows(rows)
+        for image in chosen:
+            rows += run_image(args, *image, checkpoint)
+    groups = grouped(rows)
+    table = [row for members in groups.values() for row in members]
     pretraining = (
         f"pretrained network {args.checkpoint}"
         if args.checkpoint is not None
@@ -321,8 +427,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"\nCT {args.size}x{args.size}, {args.angles} angles, {args.noise:.1%} noise, model {args.model}, "
         f"steps {budgets} ({pretraining})\n"
     )
-    print(markdown(table))
-    print("\n" + "\n".join(goals(rows, args)))
+    for name, members in groups.items():
+        print(f"{GROUP_TITLES[name]}\n\n{markdown(members)}\n")
+    print("\n".join(goals(rows, args)))
     path = args.csv or RESULTS / f"ct_table_{args.device}.csv"
     write_csv(table, path)
     print(f"\nwritten: {path}")

@@ -114,7 +114,11 @@ def test_ct_task_defaults_and_prior_choice(ct_config):
     assert ct_config("method.lr_schedule=constant").method.lr_schedule == "constant"
     problem = build_problem(cfg)
     assert isinstance(problem.operator, RayTransform) and problem.image_shape == (64, 64)
-    assert isinstance(build_method(cfg, problem).image_prior, TotalVariation)
+    prior = build_method(cfg, problem).image_prior
+    # The TV weight chosen on the tuning images (docs/ct.md), not on the phantoms of the table.
+    assert isinstance(prior, TotalVariation) and prior.weight == 3e-3
+    old = ct_config("prior.weight=3e-4")
+    assert build_method(old, build_problem(old)).image_prior.weight == 3e-4
     # The task's TV default gives way to a prior chosen on the command line.
     plain = ct_config("prior=gaussian")
     assert build_method(plain, build_problem(plain)).image_prior is None

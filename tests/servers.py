@@ -13,6 +13,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -20,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import ROOT
 
 
 def free_port() -> int:
@@ -272,3 +275,19 @@ def slurm_cluster(cpus: int = 2) -> Iterator[dict[str, str]]:
                 os.killpg(daemon.pid, signal.SIGKILL)
                 daemon.wait(timeout=10)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def prior_sweep_command(*overrides: str) -> list[str]:
+    """`launch.py -m` of a small random prior-sigma search, the common part of the launcher tests."""
+    return [
+        sys.executable,
+        str(ROOT / "launch.py"),
+        "-m",
+        "hparams_search=mfvi_prior",
+        "hydra/sweeper/sampler=random",
+        "preset=small",
+        "logger=none",
+        "num_threads=1",
+        "trainer.check_val_every_n_epoch=1000",
+        *overrides,
+    ]

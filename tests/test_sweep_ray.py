@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 
 import pytest
 
 from dip_lightning.sweeps.storage import open_storage
-from tests.conftest import ROOT, cli_env
-from tests.servers import RAY_LOOPBACK_ENV, ray_head
+from tests.conftest import cli_env
+from tests.servers import RAY_LOOPBACK_ENV, prior_sweep_command, ray_head
 
 pytestmark = pytest.mark.heavy
 
@@ -30,16 +29,7 @@ def test_search_runs_its_trials_on_a_ray_head_node(tmp_path):
     start = time.monotonic()
     env = {**cli_env(tmp_path), **RAY_LOOPBACK_ENV}
     with ray_head(num_cpus=2, env=env) as address:
-        args = [
-            sys.executable,
-            str(ROOT / "launch.py"),
-            "-m",
-            "hparams_search=mfvi_prior",
-            "hydra/sweeper/sampler=random",
-            "preset=small",
-            "logger=none",
-            "num_threads=1",
-            "trainer.check_val_every_n_epoch=1000",
+        args = prior_sweep_command(
             "trainer.max_steps=5",
             "hydra.sweeper.n_trials=4",
             "hydra.sweeper.n_jobs=2",
@@ -47,7 +37,7 @@ def test_search_runs_its_trials_on_a_ray_head_node(tmp_path):
             f"hydra.launcher.ray.init.address={address}",
             "hydra.launcher.ray.remote.num_gpus=0",
             "hydra.launcher.ray.remote.num_cpus=1",
-        ]
+        )
         result = subprocess.run(
             args,
             cwd=tmp_path,

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 
 import pytest
 
 from dip_lightning.sweeps.storage import open_storage
-from tests.conftest import ROOT, cli_env
-from tests.servers import slurm_cluster
+from tests.conftest import cli_env
+from tests.servers import prior_sweep_command, slurm_cluster
 
 pytestmark = pytest.mark.heavy
 
@@ -28,16 +27,7 @@ def test_search_runs_its_trials_as_slurm_jobs(tmp_path):
 
     start = time.monotonic()
     with slurm_cluster(cpus=2) as slurm_env:
-        args = [
-            sys.executable,
-            str(ROOT / "launch.py"),
-            "-m",
-            "hparams_search=mfvi_prior",
-            "hydra/sweeper/sampler=random",
-            "preset=small",
-            "logger=none",
-            "num_threads=1",
-            "trainer.check_val_every_n_epoch=1000",
+        args = prior_sweep_command(
             "trainer.max_steps=5",
             "hydra.sweeper.n_trials=2",
             "hydra.sweeper.n_jobs=2",
@@ -47,7 +37,7 @@ def test_search_runs_its_trials_as_slurm_jobs(tmp_path):
             "hydra.launcher.cpus_per_task=1",
             "hydra.launcher.mem_gb=null",
             "hydra.launcher.timeout_min=10",
-        ]
+        )
         result = subprocess.run(
             args,
             cwd=tmp_path,

@@ -12,15 +12,14 @@ import json
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import ROOT, cli_env
-from tests.servers import postgres_server, wait_for
+from tests.conftest import cli_env
+from tests.servers import postgres_server, prior_sweep_command, wait_for
 
 pytestmark = pytest.mark.heavy
 
@@ -34,23 +33,14 @@ def test_three_workers_share_a_postgresql_study_and_survive_a_killed_worker(tmp_
         "psycopg", reason="the PostgreSQL driver psycopg is not installed (pip install -e '.[dev]')"
     )
     with postgres_server() as url:
-        args = [
-            sys.executable,
-            str(ROOT / "launch.py"),
-            "-m",
-            "hparams_search=mfvi_prior",
-            "hydra/sweeper/sampler=random",
-            "preset=small",
-            "logger=none",
-            "num_threads=1",
-            "trainer.check_val_every_n_epoch=1000",
+        args = prior_sweep_command(
             f"trainer.max_steps={STEPS}",
             f"hydra.sweeper.n_trials={N_TRIALS}",
             f"hydra.sweeper.storage={url}",
             "hydra.sweeper.heartbeat_interval=1",
             "hydra.sweeper.grace_period=4",
             "hydra.sweeper.poll_interval=1",
-        ]
+        )
         # The first worker kills itself (SIGKILL: no clean-up, no last heartbeat) in its first trial.
         kill = f"+callbacks.kill={{_target_:tests.interrupting.SignalAt,step:{KILL_AT},signum:{int(signal.SIGKILL)}}}"
         start = time.monotonic()

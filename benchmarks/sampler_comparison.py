@@ -15,8 +15,8 @@ Step 3 (``objective``) compares, per image, the sigma chosen by ``heldout_mse`` 
 without ground truth can optimise) with the one chosen by PSNR on the same ``--points`` grid,
 and the PSNR each reaches. (A 6-point grid is every third point of the 16-point one.)
 
-    python benchmarks/sampler_comparison.py cache --images xray --points 16 --steps 1000
-    python benchmarks/sampler_comparison.py cache --images oct ultrasound --points 6 --steps 1000
+    python benchmarks/sampler_comparison.py cache --data-dir <tuning images> --images xray --points 16 --steps 1000
+    python benchmarks/sampler_comparison.py cache --data-dir <tuning images> --images oct ultrasound --points 6 --steps 1000
     python benchmarks/sampler_comparison.py compare
     python benchmarks/sampler_comparison.py objective --points 6
 
@@ -255,7 +255,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("step", choices=("cache", "compare", "objective"))
     parser.add_argument("--cache", type=Path, default=CACHE)
     parser.add_argument("--out", type=Path, default=RESULTS, help="where compare writes its CSV")
-    parser.add_argument("--data-dir", type=Path, default=Path("/work/shared/data/medical"))
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="folder holding the tuning images (for cache): the test data of the MFVI-DIP repository, "
+        "maltetoelle/mfvi-dip, data/bayesian/ (BACTERIA-1351146-0006.jpg, CNV-9997680-30.png, 081_HC.jpg)",
+    )
     parser.add_argument("--images", nargs="+", default=list(IMAGES), choices=list(IMAGES))
     parser.add_argument("--image", default="xray", choices=list(IMAGES), help="image for compare")
     parser.add_argument("--points", type=int, default=16, help="grid points in [0.01, 0.5] (log)")
@@ -264,6 +270,14 @@ def main(argv: list[str] | None = None) -> None:
         "--seeds", type=int, default=len(SEEDS), choices=range(2, len(SEEDS) + 1), help="sampler seeds"
     )
     args = parser.parse_args(argv)
+    if args.step == "cache":
+        missing = [
+            IMAGES[n][0]
+            for n in args.images
+            if args.data_dir is None or not (args.data_dir / IMAGES[n][0]).is_file()
+        ]
+        if missing:
+            parser.error(f"--data-dir must be a folder holding {', '.join(missing)} (see --help)")
     {"cache": build_cache, "compare": compare, "objective": objective}[args.step](args)
 
 

@@ -18,8 +18,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from dip_lightning import interrupt
 from dip_lightning.errors import DipError
+from dip_lightning.job import interrupt
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -1,7 +1,7 @@
 """Sparse-view CT: FBP, DIP, DIP+TV, MFVI+TV and educated DIP on phantoms and real CT slices.
 
 Every row is one job of the platform itself: the config `python launch.py task=ct ...` would
-compose (``dip_lightning.config.compose_config``) run by ``dip_lightning.run.run``; the educated
+compose (``dip_lightning.config.compose_config``) run by ``dip_lightning.job.run.run``; the educated
 DIP network is pretrained once by ``dip_lightning.pretrain.pretrain``, exactly what
 `python -m dip_lightning.pretrain task=ct ...` does. All methods of an image share one
 observation (128x128, 60 parallel-beam angles, 5% relative Gaussian noise by default).
@@ -51,8 +51,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dip_lightning.config import compose_config  # noqa: E402
+from dip_lightning.job.run import run  # noqa: E402
 from dip_lightning.pretrain import pretrain  # noqa: E402
-from dip_lightning.run import run  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # name -> (label, overrides); fbp is read from the baseline every job saves.

@@ -1,6 +1,6 @@
 """Measuring training steps: time per step, peak memory, FLOPs, the device's peak, and the tables.
 
-The platform is measured through its real job (``dip_lightning.run.run``: loggers, callbacks,
+The platform is measured through its real job (``dip_lightning.job.run.run``: loggers, callbacks,
 stopping rule, checkpointing as configured) with a :class:`StepTimer` callback added through the
 config; the timer ends the job after the last step, so evaluation and file writing (done once per
 run, not per step) stay out of the numbers. The plain reference loop (``reference_loops``) is timed
@@ -28,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.reference_loops import final_psnr, make_reference_step
 from dip_lightning.config import compose_config
-from dip_lightning.run import build_method, build_problem, run
+from dip_lightning.job.run import build_method, build_problem, run
 from dip_lightning.tracking.wandb_setup import finish_wandb
 
 ROOT = Path(__file__).resolve().parents[1]

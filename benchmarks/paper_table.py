@@ -1,6 +1,6 @@
 """DIP, SGLD, MC dropout and MFVI on one image: the comparison table of the MFVI-DIP paper.
 
-Each row is one run of the platform (the composed Hydra config and ``dip_lightning.run.run``,
+Each row is one run of the platform (the composed Hydra config and ``dip_lightning.job.run.run``,
 exactly what ``python launch.py`` does), on the same observation. The jobs compose the paper's own
 comparison settings, ``experiment=paper_<task>`` (one learning rate for every method, per-method
 optimisers and SGLD noise as in its training scripts; see conf/experiment/), and override only the
@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dip_lightning.config import compose_config  # noqa: E402
-from dip_lightning.run import run  # noqa: E402
+from dip_lightning.job.run import run  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = {"dip": "DIP", "sgld": "SGLD", "mcdropout": "MC dropout", "mfvi": "MFVI"}

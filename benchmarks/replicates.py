@@ -35,7 +35,7 @@ from benchmarks.harness import (  # noqa: E402
     platform_measure,
     write_csv,
 )
-from dip_lightning.run import quiet_third_party_logs  # noqa: E402
+from dip_lightning.job.run import quiet_third_party_logs  # noqa: E402
 
 COLUMNS = (
     "method",

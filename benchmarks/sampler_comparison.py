@@ -74,7 +74,7 @@ def read_cache(path: Path) -> list[dict[str, Any]]:
 def run_one(image: Path, extra: list[str], sigma: float, steps: int) -> dict[str, Any]:
     """One MFVI-DIP run in this process (the platform's real job), its metrics."""
     from dip_lightning.config import compose_config
-    from dip_lightning.run import run
+    from dip_lightning.job.run import run
 
     with tempfile.TemporaryDirectory() as out:
         cfg = compose_config(

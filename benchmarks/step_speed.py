@@ -51,7 +51,7 @@ from benchmarks.harness import (  # noqa: E402
     write_csv,
 )
 from benchmarks.reference_loops import VARIANTS  # noqa: E402
-from dip_lightning.run import quiet_third_party_logs  # noqa: E402
+from dip_lightning.job.run import quiet_third_party_logs  # noqa: E402
 
 METHODS = ("dip", "sgld", "mcdropout", "mfvi")
 TASKS = ("denoising", "super_resolution", "inpainting")

@@ -1,6 +1,6 @@
 """How far below the peak PSNR each early-stopping criterion stops, on DIP denoising.
 
-For every (image, noise level) the platform's own job (``dip_lightning.run.run``) trains plain DIP
+For every (image, noise level) the platform's own job (``dip_lightning.job.run.run``) trains plain DIP
 with ``stopping=fixed`` for long enough to overfit. A
 :class:`~dip_lightning.stopping.monitor.StoppingMonitor` feeds ES-WMV, ES-EMV, the discrepancy
 principle (with the simulated noise level, and with ``discrepancy_est`` the level estimated from
@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.harness import write_csv  # noqa: E402
 from dip_lightning.config import compose_config  # noqa: E402
-from dip_lightning.run import run  # noqa: E402
+from dip_lightning.job.run import run  # noqa: E402
 
 CRITERIA = ("wmv", "emv", "discrepancy", "discrepancy_est", "oracle")
 TARGET_GAP_DB = 1.5

@@ -1,6 +1,6 @@
 """Per-step cost of each stopping criterion inside the platform's real training loop, vs ``fixed``.
 
-Every repetition runs the platform's job (``dip_lightning.run.run``) once per criterion: plain DIP
+Every repetition runs the platform's job (``dip_lightning.job.run.run``) once per criterion: plain DIP
 denoising, 64x64, ``logger=none``, ``--steps`` steps, with patiences that never end the run (and a
 discrepancy target that is never met), so every criterion updates at every step. The
 :class:`~dip_lightning.stopping.callback.EarlyStopping` hook is wrapped with a timer, which gives,
@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.harness import write_csv  # noqa: E402
 from dip_lightning.config import compose_config  # noqa: E402
-from dip_lightning.run import run  # noqa: E402
+from dip_lightning.job.run import run  # noqa: E402
 from dip_lightning.stopping.callback import EarlyStopping  # noqa: E402
 
 GOAL = 0.05

@@ -1,6 +1,6 @@
 """The README's figures, made from real runs of the platform: ``python -m dip_lightning.figures``.
 
-Four small jobs run through :func:`dip_lightning.run.run` (64x64 images, the CPU preset's network
+Four small jobs run through :func:`dip_lightning.job.run.run` (64x64 images, the CPU preset's network
 ``skip_light``, one thread; 10 to 20 minutes on two CPU cores) and their output files become two
 PNGs:
 
@@ -60,7 +60,7 @@ def jobs(steps: int, mfvi_steps: int, ct_steps: int, model: str = "skip_light") 
 def run_job(job: Job, runs: Path, threads: int) -> Path:
     """Run ``job`` into ``runs/<name>`` (again, so that the figure shows this code's results)."""
     from dip_lightning.config import compose_config
-    from dip_lightning.run import run
+    from dip_lightning.job.run import run
 
     output_dir = runs / job.name
     cfg = compose_config([*job.overrides, f"num_threads={threads}"], output_dir)

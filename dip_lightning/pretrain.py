@@ -152,7 +152,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
 
     Returns a summary (checkpoint path, steps, seconds, validation PSNR of the network and of FBP).
     """
-    from dip_lightning.run import (
+    from dip_lightning.job.run import (
         build_loggers,
         build_problem,
         output_directory,

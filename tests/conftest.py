@@ -12,8 +12,8 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from dip_lightning import interrupt
 from dip_lightning.config import compose_config
+from dip_lightning.job import interrupt
 
 ROOT = Path(__file__).resolve().parents[1]
 

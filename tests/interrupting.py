@@ -8,7 +8,7 @@ import time
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 
-from dip_lightning import interrupt
+from dip_lightning.job import interrupt
 
 HANDLER_WAIT_S = 5.0
 

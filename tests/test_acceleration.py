@@ -15,8 +15,8 @@ from pytorch_lightning.loggers import CSVLogger
 from dip_lightning.config import build
 from dip_lightning.data.datamodule import SingleObservationDataModule
 from dip_lightning.errors import ConfigError
+from dip_lightning.job.run import build_method, build_problem
 from dip_lightning.models.acceleration import architecture, execution_settings
-from dip_lightning.run import build_method, build_problem
 
 TINY = ("data.size=32", "method.num_samples=2")
 

@@ -13,7 +13,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from dip_lightning.errors import InputFileError
-from dip_lightning.run import run
+from dip_lightning.job.run import run
 
 
 def truncated_png(directory: Path) -> Path:

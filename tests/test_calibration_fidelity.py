@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dip_lightning.errors import ConfigError
+from dip_lightning.job.run import build_method, build_problem
 from dip_lightning.methods.evaluation import Binning, Calibration, evaluate_prediction
 from dip_lightning.methods.mcdropout import MCDropoutDIP
 from dip_lightning.methods.prediction import Prediction, measurement_variance
@@ -22,7 +23,6 @@ from dip_lightning.physics.inpainting import Inpainting
 from dip_lightning.physics.noise import GaussianNoise
 from dip_lightning.physics.observation import make_observation
 from dip_lightning.physics.ray_transform import RayTransform
-from dip_lightning.run import build_method, build_problem
 
 
 # ---------------------------------------------------------------- the NLL counts observed pixels

@@ -18,6 +18,7 @@ from PIL import Image
 from dip_lightning.config import compose_config
 from dip_lightning.data.synthetic_ct import SyntheticCTDataModule, SyntheticCTDataset
 from dip_lightning.errors import ConfigError, InputFileError
+from dip_lightning.job.run import build_method, build_problem, run
 from dip_lightning.methods.edip import EducatedDIP, read_checkpoint, save_pretrained
 from dip_lightning.models.skip import SkipNet
 from dip_lightning.physics.ct_noise import PoissonLogNoise
@@ -25,7 +26,6 @@ from dip_lightning.physics.noise import GaussianNoise
 from dip_lightning.physics.ray_transform import CACHE_ENV_VAR, RayTransform
 from dip_lightning.pretrain import SupervisedPretraining, pretrain, random_crop
 from dip_lightning.priors import TotalVariation
-from dip_lightning.run import build_method, build_problem, run
 from tests.conftest import run_cli
 
 FEW_STEPS = ("trainer.max_steps=3", "trainer.check_val_every_n_epoch=100")  # final evaluation only

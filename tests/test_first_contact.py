@@ -14,7 +14,7 @@ import torch
 from dip_lightning import figures
 from dip_lightning.config import CONFIG_DIR, compose_config
 from dip_lightning.errors import ConfigError
-from dip_lightning.run import run
+from dip_lightning.job.run import run
 from dip_lightning.stopping.callback import EarlyStopping
 from dip_lightning.stopping.criteria import FixedSteps
 from dip_lightning.tracking.progress import ProgressReport, format_seconds

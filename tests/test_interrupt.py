@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from dip_lightning import interrupt
 from dip_lightning.config import compose_config
-from dip_lightning.run import run
+from dip_lightning.job import interrupt
+from dip_lightning.job.run import run
 from tests.conftest import ROOT, cli_env
 from tests.wandb_records import record_types
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from dip_lightning.errors import ConfigError
+from dip_lightning.job.run import build_method, build_problem, run
 from dip_lightning.methods.langevin import LangevinDynamics
-from dip_lightning.run import build_method, build_problem, run
 
 
 @pytest.mark.parametrize(("preconditioned", "tolerance"), [(False, 0.05), (True, 0.1)])

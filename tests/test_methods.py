@@ -21,13 +21,13 @@ from torch import nn
 from dip_lightning.config import build
 from dip_lightning.data.datamodule import SingleObservationDataModule
 from dip_lightning.errors import ConfigError
+from dip_lightning.job.run import build_method, build_problem, run
 from dip_lightning.methods.backtracking import Backtracking, loss_ratio
 from dip_lightning.methods.base import DeepImagePrior, rank_seed
 from dip_lightning.methods.sgld import SGLDDIP, add_langevin_noise, langevin_parameters
 from dip_lightning.models.bayesian import MeanFieldConv2d
 from dip_lightning.models.layers import SampleBatchNorm2d
 from dip_lightning.priors import TotalVariation
-from dip_lightning.run import build_method, build_problem, run
 
 METHODS = ("dip", "sgld", "mcdropout", "mfvi")
 TASKS = ("denoising", "super_resolution", "inpainting")

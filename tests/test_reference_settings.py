@@ -7,8 +7,8 @@ import pytest
 from torch import nn
 
 from dip_lightning.errors import ConfigError
+from dip_lightning.job.run import build_method, build_problem
 from dip_lightning.models.skip import SkipNet
-from dip_lightning.run import build_method, build_problem
 
 
 def block_sequences(net: nn.Module) -> list[list[type]]:

@@ -19,13 +19,13 @@ from torch import nn
 from dip_lightning.config import build, compose_config
 from dip_lightning.data.datamodule import SingleObservationDataModule
 from dip_lightning.errors import ConfigError
+from dip_lightning.job.run import build_method, build_problem, run
 from dip_lightning.methods.dip import DIP
 from dip_lightning.methods.replicates import ReplicatedDIP, ReplicatedMeanFieldDIP
 from dip_lightning.models.bayesian import mean_field_conv_factory
 from dip_lightning.models.layers import per_sample_norm
 from dip_lightning.models.replicated import ReplicaNoise, replica_state_dict, replicate_network
 from dip_lightning.models.skip import SkipNet
-from dip_lightning.run import build_method, build_problem, run
 
 STEPS = 8
 FLOAT64 = ("trainer.precision=64-true", "data.size=32", "method.num_samples=2")

@@ -16,8 +16,8 @@ import torch
 from dip_lightning import rng
 from dip_lightning.config import compose_config
 from dip_lightning.errors import ConfigError, OutputWriteError
+from dip_lightning.job.run import run
 from dip_lightning.methods import resume_state
-from dip_lightning.run import run
 
 # Runs to the step budget unless a case names a stopping rule (plain DIP stops early by default).
 BASE = ("preset=small", "logger=none", "trainer.check_val_every_n_epoch=6", "stopping=fixed")
@@ -97,7 +97,7 @@ def test_a_finished_run_continues_to_more_steps(tmp_path):
 
 def test_resuming_with_another_learning_rate_says_it_is_not_applied(tmp_path, caplog):
     run_dir, _ = job(tmp_path, "first", "trainer.max_steps=2")
-    with caplog.at_level(logging.WARNING, logger="dip_lightning.checkpointing"):
+    with caplog.at_level(logging.WARNING, logger="dip_lightning.job.checkpointing"):
         job(tmp_path, "second", "trainer.max_steps=3", "method.optimizer.lr=0.05", f"ckpt_path={run_dir}")
     assert "keeps its saved learning rate 0.01; method.optimizer.lr=0.05 is not applied" in caplog.text
 
@@ -153,7 +153,7 @@ def test_a_failing_checkpoint_write_does_not_stop_the_run(tmp_path, monkeypatch,
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(pl.Trainer, "save_checkpoint", disk_full)
-    with caplog.at_level(logging.WARNING, logger="dip_lightning.checkpointing"):
+    with caplog.at_level(logging.WARNING, logger="dip_lightning.job.checkpointing"):
         directory, metrics = job(tmp_path, "run", "trainer.max_steps=6", "checkpoint.every_n_steps=2")
     assert metrics["status"] == "completed" and metrics["steps"] == 6 and "checkpoint" not in metrics
     assert "No space left on device" in caplog.text
@@ -167,7 +167,7 @@ def test_results_lost_to_a_full_disk_are_written_from_the_checkpoint(tmp_path, m
         raise OSError(28, "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr("dip_lightning.results.save_image", disk_full)
+        patch.setattr("dip_lightning.job.results.save_image", disk_full)
         with pytest.raises(OutputWriteError, match="No space left on device") as info:
             job(tmp_path, "full_disk", "trainer.max_steps=6")
     checkpoint = tmp_path / "full_disk" / "checkpoints" / "last.ckpt"

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from dip_lightning.errors import ConfigError, InputFileError
-from dip_lightning.run import run
+from dip_lightning.job.run import run
 
 
 def read_metrics(cfg) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dip_lightning.errors import ConfigError
-from dip_lightning.run import run
+from dip_lightning.job.run import run
 
 
 @pytest.mark.parametrize(

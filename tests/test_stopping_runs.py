@@ -17,9 +17,9 @@ import torch
 from omegaconf import open_dict
 
 from dip_lightning.errors import ConfigError
+from dip_lightning.job.run import run
 from dip_lightning.metrics.image import psnr
 from dip_lightning.physics.ray_transform import CACHE_ENV_VAR
-from dip_lightning.run import run
 from dip_lightning.stopping.callback import NOISE_ESTIMATED, NOISE_FROM_PROBLEM
 from tests.conftest import run_cli
 

@@ -26,15 +26,15 @@ from omegaconf import OmegaConf, open_dict
 
 from dip_lightning.config import CONFIG_DIR as CONF
 from dip_lightning.errors import ConfigError
-from dip_lightning.interrupt import SIGNAL_EXIT_BASE
+from dip_lightning.job.interrupt import SIGNAL_EXIT_BASE
 from dip_lightning.physics.holdout import heldout_mask, heldout_mse, hold_out
 from dip_lightning.physics.identity import Identity
 from dip_lightning.physics.noise import GaussianNoise
 from dip_lightning.physics.observation import make_observation
-from dip_lightning.report import build_report, main
 from dip_lightning.sweeps.devices import assign_gpu, parallel_jobs, round_robin_device, share_threads
 from dip_lightning.sweeps.objective import objective_from_config
 from dip_lightning.sweeps.outcome import trial_outcome
+from dip_lightning.sweeps.report import build_report, main
 from dip_lightning.sweeps.storage import open_storage
 from tests.conftest import ROOT, run_cli
 

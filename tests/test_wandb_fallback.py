@@ -9,7 +9,7 @@ import time
 import pytest
 
 from dip_lightning.config import compose_config
-from dip_lightning.run import run
+from dip_lightning.job.run import run
 from dip_lightning.tracking import wandb_setup
 from tests.wandb_records import record_types
 

@@ -152,7 +152,7 @@ class DeepImagePrior(pl.LightningModule):
                 "method.replicates",
                 replicates,
                 f"{type(self).__name__} trains one network; replicated runs are built by "
-                "dip_lightning.run.build_method (see dip_lightning.methods.replicates)",
+                "dip_lightning.job.run.build_method (see dip_lightning.methods.replicates)",
             )
         self.replicates = 1
         self.problem: InverseProblem | None = None

@@ -12,7 +12,7 @@ of the replicates added to the epistemic variance (law of total variance). Step-
 early stopping and image logging follow the ensemble's output. Each replicate's metrics, their mean
 and standard deviation and the across-replicate variance map (another uncertainty estimate, what a
 deep ensemble reports) go into metrics.json and the run directory
-(:mod:`dip_lightning.replicate_results`).
+(:mod:`dip_lightning.job.replicate_results`).
 
 Supported: ``dip`` and ``mfvi``. ``sgld`` keeps its samples and Langevin noise per network and
 ``mcdropout`` draws dropout masks from the global generator; both are rejected for now.

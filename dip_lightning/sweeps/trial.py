@@ -41,7 +41,7 @@ def job_number() -> int | None:
 
 
 def job_directory(cfg: DictConfig) -> Path:
-    from dip_lightning.run import output_directory
+    from dip_lightning.job.run import output_directory
 
     return output_directory(cfg)
 
@@ -87,7 +87,7 @@ def run_trial(cfg: DictConfig) -> float | tuple[float, ...] | None:
     Also pins a multirun job to its own GPU (``gpu_assignment``) and, under the joblib launcher,
     shares the CPU threads between the trials running at once (``num_threads: null``).
     """
-    from dip_lightning.run import run
+    from dip_lightning.job.run import run
 
     multirun = in_multirun()
     start = time.perf_counter()

@@ -98,8 +98,8 @@ def log_summary_run(
     settings = wandb_settings(config)
     if settings is None:
         return None
-    from dip_lightning.report import build_report
     from dip_lightning.sweeps.outcome import read_metrics
+    from dip_lightning.sweeps.report import build_report
     from dip_lightning.tracking.wandb_setup import prepare_wandb_kwargs
 
     sweep_dir = Path(config.hydra.sweep.dir)

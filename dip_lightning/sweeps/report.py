@@ -1,4 +1,4 @@
-"""Report of a sweep or multirun: ``python -m dip_lightning.report <dir> [--out DIR]``.
+"""Report of a sweep or multirun: ``python -m dip_lightning.sweeps.report <dir> [--out DIR]``.
 
 Writes into ``<dir>/report`` (or ``--out``):
 
@@ -462,7 +462,7 @@ def build_report(root: Path | str, out: Path | str | None = None) -> Report:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m dip_lightning.report",
+        prog="python -m dip_lightning.sweeps.report",
         description="Tables and plots of a sweep (outputs/sweeps/<study>) or multirun (outputs/multiruns/<time>).",
     )
     parser.add_argument("directory", type=Path, help="the sweep or multirun directory")

@@ -22,19 +22,19 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from dip_lightning import interrupt
-from dip_lightning.checkpointing import CHECKPOINT_DIR, StepCheckpoint, prepare_resume
 from dip_lightning.config import build
 from dip_lightning.data.datamodule import SingleObservationDataModule
 from dip_lightning.data.io import fit_size
 from dip_lightning.errors import DipError, DivergenceError, InputFileError, OutputWriteError
+from dip_lightning.job import interrupt
+from dip_lightning.job.checkpointing import CHECKPOINT_DIR, StepCheckpoint, prepare_resume
+from dip_lightning.job.results import RunResult, finalise
+from dip_lightning.job.run_settings import check_run_settings, trainer_error
 from dip_lightning.methods.base import DeepImagePrior
 from dip_lightning.methods.replicates import replicated_method_config
 from dip_lightning.models.acceleration import accelerate, architecture, execution_settings
 from dip_lightning.physics.holdout import hold_out
 from dip_lightning.physics.observation import InverseProblem, make_observation
-from dip_lightning.results import RunResult, finalise
-from dip_lightning.run_settings import check_run_settings, trainer_error
 from dip_lightning.stopping.callback import EarlyStopping
 from dip_lightning.tracking.wandb_setup import finish_wandb, make_wandb_logger, prepare_wandb_kwargs
 

@@ -3,7 +3,7 @@
 A checkpoint is written only at a step boundary (the end of a step, after its callbacks and its
 evaluation), where the network, the optimiser, the EMA, the SGLD statistics, the stopping
 criterion and the random streams all describe the same step: every ``every_n_steps`` steps, at
-the last step, and when a signal stops the run (see :mod:`dip_lightning.interrupt`). It is written
+the last step, and when a signal stops the run (see :mod:`dip_lightning.job.interrupt`). It is written
 to a temporary file and renamed, so ``last.ckpt`` is always a complete checkpoint; a full disk
 costs a warning, never the run. Resuming (``ckpt_path=<run dir or file>``) reads it with
 ``torch.load(weights_only=True)`` and checks that it belongs to the configured method and problem

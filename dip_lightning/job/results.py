@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dip_lightning.job.replicate_results import replicate_report, replicate_summary_line
 from dip_lightning.methods.base import DeepImagePrior
 from dip_lightning.methods.evaluation import (
     DEFAULT_CALIBRATION,
@@ -23,7 +24,6 @@ from dip_lightning.methods.prediction import Prediction
 from dip_lightning.metrics.image import psnr, ssim
 from dip_lightning.outputs import save_image, save_json, save_map, save_text
 from dip_lightning.physics.observation import InverseProblem
-from dip_lightning.replicate_results import replicate_report, replicate_summary_line
 from dip_lightning.stopping.callback import EarlyStopping
 from dip_lightning.stopping.criteria import FixedSteps
 from dip_lightning.tracking.image_logger import wandb_loggers

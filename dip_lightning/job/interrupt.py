@@ -18,7 +18,7 @@ Phases (:class:`Phase`):
 
 The exit status of an interrupted ``launch.py`` is ``128 + signal number``: 130 for SIGINT and 143
 for SIGTERM, as a shell reports a process killed by that signal. ``launch.py`` installs the
-handler for the whole process; :func:`dip_lightning.run.run` installs it for the duration of a job,
+handler for the whole process; :func:`dip_lightning.job.run.run` installs it for the duration of a job,
 so jobs started by other launchers (joblib, Ray, submitit) or from a notebook behave the same.
 """
 

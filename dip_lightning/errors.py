@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+import operator
+
+import numpy as np
+
 
 class DipError(Exception):
     """Base class of the errors the command line reports as a one-paragraph message."""
@@ -58,21 +64,65 @@ class DivergenceError(DipError, ArithmeticError):
         super().__init__(f"Training diverged at step {step}: the {what} became NaN or infinite.")
 
 
-def check_positive(setting: str, value: float, *, allow_zero: bool = False) -> float:
-    """Return ``value`` if it is positive (or zero when allowed), else raise ConfigError."""
-    ok = value >= 0 if allow_zero else value > 0
-    if not ok or value != value:  # NaN fails both comparisons
-        raise ConfigError(setting, value, "must be >= 0" if allow_zero else "must be > 0")
-    return value
+def _is_real_number(value: object) -> bool:
+    """A real number of Python or numpy; bools are flags, not numbers."""
+    if isinstance(value, bool | np.bool_):
+        return False
+    return isinstance(value, numbers.Real)
 
 
-def check_in_range(setting: str, value: float, low: float, high: float, *, high_open: bool = True) -> float:
-    """Return ``value`` if low <= value < high (or <= high when ``high_open`` is False)."""
-    ok = low <= value < high if high_open else low <= value <= high
+def check_finite(setting: str, value: object) -> float:
+    """Return ``value`` if it is a finite real number (int, float or numpy scalar), else raise."""
+    if not _is_real_number(value) or not math.isfinite(float(value)):
+        raise ConfigError(setting, value, "must be a finite number")
+    return value  # type: ignore[return-value]
+
+
+def check_positive(
+    setting: str, value: object, *, allow_zero: bool = False, allow_inf: bool = False
+) -> float:
+    """Return ``value`` if it is a number > 0 (>= 0 when ``allow_zero``), finite unless
+    ``allow_inf``, else raise ConfigError. NaN, bools and non-numbers are refused."""
+    allowed = ("must be a number >= 0" if allow_zero else "must be a number > 0") + (
+        "" if allow_inf else " (finite)"
+    )
+    if not _is_real_number(value):
+        raise ConfigError(setting, value, allowed)
+    number = float(value)  # type: ignore[arg-type]
+    ok = number >= 0 if allow_zero else number > 0
+    if not ok or math.isnan(number) or (math.isinf(number) and not allow_inf):
+        raise ConfigError(setting, value, allowed)
+    return value  # type: ignore[return-value]
+
+
+def check_int(setting: str, value: object, minimum: int | None = None, *, extra: str = "") -> int:
+    """Return ``value`` as an int if it is an integer (Python or numpy, not a bool) >= ``minimum``.
+
+    ``extra`` is appended to the message (what the setting means, what to do instead).
+    """
+    allowed = "must be an integer" + ("" if minimum is None else f" >= {minimum}") + extra
+    if isinstance(value, bool | np.bool_):
+        raise ConfigError(setting, value, allowed)
+    try:
+        number = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise ConfigError(setting, value, allowed) from None
+    if minimum is not None and number < minimum:
+        raise ConfigError(setting, value, allowed)
+    return number
+
+
+def check_in_range(setting: str, value: object, low: float, high: float, *, high_open: bool = True) -> float:
+    """Return ``value`` if it is a number with low <= value < high (<= high when not ``high_open``)."""
+    bracket = ")" if high_open else "]"
+    allowed = f"must be a number in [{low}, {high}{bracket}"
+    if not _is_real_number(value):
+        raise ConfigError(setting, value, allowed)
+    number = float(value)  # type: ignore[arg-type]
+    ok = low <= number < high if high_open else low <= number <= high
     if not ok:
-        bracket = ")" if high_open else "]"
-        raise ConfigError(setting, value, f"must lie in [{low}, {high}{bracket}")
-    return value
+        raise ConfigError(setting, value, allowed)
+    return value  # type: ignore[return-value]
 
 
 def check_choice(setting: str, value: object, choices: tuple[object, ...]) -> object:

@@ -42,13 +42,17 @@ class ReferenceState:
     steps: int = 0
 
 
+REFERENCE_KINDS = ("dip", "sgld", "mcdropout", "mfvi")
+
+
 def method_kind(cfg: DictConfig) -> str:
-    """dip, sgld, mcdropout or mfvi, from the method's class."""
-    target = str(cfg.method._target_)
-    for kind, marker in (("sgld", "SGLD"), ("mcdropout", "MCDropout"), ("mfvi", "MeanField")):
-        if marker in target:
-            return kind
-    return "dip"
+    """Which reference loop reproduces the run: the name of its method config (``method=...``)."""
+    kind = str(cfg.method_name)
+    if kind not in REFERENCE_KINDS:
+        raise ValueError(
+            f"no reference loop for method={kind}; there is one for {', '.join(REFERENCE_KINDS)}"
+        )
+    return kind
 
 
 def prepare_network(net: nn.Module, variant: str) -> nn.Module:

@@ -63,8 +63,9 @@ def assign_gpu(cfg: DictConfig, job_num: int | None, device_count: int | None = 
 
 
 def parallel_jobs(launcher_cfg: Any) -> int:
-    """How many jobs the launcher runs at once on this machine (1 unless it is joblib)."""
-    if launcher_cfg is None or "joblib" not in str(launcher_cfg.get("_target_", "")).lower():
+    """How many jobs the launcher runs at once on this machine: its ``n_jobs`` (joblib's
+    setting), 1 for a launcher without one."""
+    if launcher_cfg is None or launcher_cfg.get("n_jobs") is None:
         return 1
     n_jobs = int(launcher_cfg.get("n_jobs") or 1)
     cpus = os.cpu_count() or 1

@@ -55,6 +55,7 @@ from dip_lightning.sweeps.study_trials import (
     counted_trials,
     drop_foreign_settings,
     grid_size,
+    takes_setting,
 )
 from dip_lightning.sweeps.wandb_summary import log_summary_run
 
@@ -179,8 +180,8 @@ class ResumableOptunaSweeper(Sweeper):
         base = self.seed if self.seed is not None else node.get("seed")
         if "seed" in node and base is not None:
             node["seed"] = int(base) + int(seed_offset)
-        if str(node["_target_"]).endswith("GridSampler"):
-            node["search_space"] = space.grid()
+        if takes_setting(node, "search_space"):
+            node["search_space"] = space.grid()  # the grid sampler enumerates the space
         return instantiate(drop_foreign_settings(node))
 
     def signature(self, objective: Objective, space: SearchSpace) -> dict[str, Any]:

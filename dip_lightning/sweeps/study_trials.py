@@ -42,6 +42,15 @@ def counted_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     return sorted(keep, key=lambda t: t.number)
 
 
+def takes_setting(node: dict[str, Any], name: str) -> bool:
+    """Whether the class a config instantiates has a constructor argument ``name``."""
+    try:
+        accepted = inspect.signature(get_class(node["_target_"]).__init__).parameters
+    except Exception:
+        return False
+    return name in accepted
+
+
 def drop_foreign_settings(node: dict[str, Any]) -> dict[str, Any]:
     """Leave out settings the chosen sampler does not take.
 
@@ -49,7 +58,7 @@ def drop_foreign_settings(node: dict[str, Any]) -> dict[str, Any]:
     on the command line (``hydra/sweeper/sampler=random``) keeps those keys, which would fail.
     """
     try:
-        target = get_class(str(node["_target_"]))
+        target = get_class(node["_target_"])
         accepted = inspect.signature(target.__init__).parameters
     except Exception:
         return node

@@ -20,7 +20,7 @@ from dip_lightning.errors import ConfigError
 from dip_lightning.job.run import run
 from dip_lightning.metrics.image import psnr
 from dip_lightning.physics.ray_transform import CACHE_ENV_VAR
-from dip_lightning.stopping.callback import NOISE_ESTIMATED, NOISE_FROM_PROBLEM
+from dip_lightning.stopping.discrepancy import NOISE_ESTIMATED, NOISE_FROM_PROBLEM
 from tests.conftest import run_cli
 
 CRITERIA = ("fixed", "wmv", "emv", "discrepancy", "oracle")
@@ -200,15 +200,14 @@ def test_fixed_run_watched_by_a_monitor_matches_the_wmv_run(small_config, tmp_pa
     stopped = fit(small_config, "method=dip", *WMV, f"trainer.max_steps={MAX_STEPS}")
     stopped_psnr = saved_reconstruction_psnr(tmp_path)
 
-    target = "dip_lightning.stopping.criteria."
     cfg = small_config("num_threads=1", "method=dip", "stopping=fixed", f"trainer.max_steps={MAX_STEPS}")
     with open_dict(cfg):
         cfg.callbacks.monitor = {
             "_target_": "dip_lightning.stopping.monitor.StoppingMonitor",
             "path": str(tmp_path / "monitor.json"),
             "criteria": {
-                "wmv": {"_target_": target + "WindowedMovingVariance", "window": 10, "patience": 20},
-                "oracle": {"_target_": target + "Oracle"},
+                "wmv": {"_target_": "dip_lightning.stopping.wmv.WindowedMovingVariance", "window": 10, "patience": 20},
+                "oracle": {"_target_": "dip_lightning.stopping.oracle.Oracle"},
             },
         }
     run(cfg)

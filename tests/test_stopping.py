@@ -15,7 +15,7 @@ from torch import Tensor
 
 from dip_lightning.errors import ConfigError
 from dip_lightning.metrics.image import fast_psnr
-from dip_lightning.stopping.base import StoppingCriterion
+from dip_lightning.stopping.base import Needs, StoppingCriterion, device_scalar
 from dip_lightning.stopping.callback import StoppingCallback
 from dip_lightning.stopping.discrepancy import (
     NOISE_ESTIMATED,
@@ -509,6 +509,64 @@ def test_callback_stops_the_trainer_and_summarises() -> None:
     restored = StoppingCallback(WindowedMovingVariance(window=10, patience=50, check_every=5))
     restored.load_state_dict(callback.state_dict())
     assert restored.summary() == summary
+
+
+class PsnrAbove(StoppingCriterion):
+    """A rule written here, as a new rule would be: one class that declares what it needs."""
+
+    name = "psnr_above"
+    needs = Needs(ground_truth=True, noise_level=True)
+    _initial_best = -math.inf
+
+    def __init__(self, margin: float = 0.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.margin = margin
+        self.level: float | None = None
+
+    def prepare(self, problem) -> None:
+        super().prepare(problem)
+        self.level = -20.0 * math.log10(problem.noise_std) + self.margin  # PSNR of an error at the noise
+
+    def _observe(self, step, image, misfit, psnr):
+        score = device_scalar(psnr, image.device, self._score_dtype(), "psnr")
+        self._keep_if(score > self._best_score, step, image, score)
+        return score
+
+    def _should_stop(self, step: int) -> bool:
+        return self.best_score is not None and self.best_score >= self.level
+
+    def stop_reason(self) -> str:
+        return f"the PSNR passed {self.level:.1f} dB"
+
+    def details(self) -> dict:
+        return {"level": self.level}
+
+
+def test_a_new_rule_is_one_class_the_callback_knows_only_by_its_declarations() -> None:
+    callback = StoppingCallback(PsnrAbove(margin=1.0, check_every=1))
+    with pytest.raises(ConfigError, match="ground-truth") as info:
+        callback.prepare(fake_problem(noise_std=0.1))
+    assert (info.value.setting, info.value.value) == ("stopping", "psnr_above")
+    callback.prepare(fake_problem(ground_truth=torch.zeros(1, 1, 64, 64), noise_std=0.1))
+    images = noisy_sequence(steps=40)
+    trainer = SimpleNamespace(global_step=0, should_stop=False)
+    for t in range(40):
+        trainer.global_step = t + 1
+        callback.on_train_batch_end(trainer, None, {IMAGE: images[t], PSNR: torch.tensor(float(t))}, None, 0)
+        if trainer.should_stop:
+            break
+    summary = callback.summary()
+    assert trainer.should_stop and summary["stop_step"] == summary["detected_step"] == 21
+    assert summary["stop_reason"] == "the PSNR passed 21.0 dB" and summary["level"] == pytest.approx(21.0)
+    assert callback.reports_detection and torch.equal(callback.reported_image()[0], images[21])
+    assert "noise_std" not in summary  # only the discrepancy principle reports a noise level
+
+
+def test_rules_declare_what_they_need_and_whether_their_detection_is_reported() -> None:
+    assert Oracle.needs.ground_truth and not WindowedMovingVariance.needs.ground_truth
+    assert DiscrepancyPrinciple.needs == Needs(misfit=True, noise_level=True)
+    assert not FixedSteps.reports_detection
+    assert all(rule.reports_detection for rule in (WindowedMovingVariance, ExponentialMovingVariance, Oracle))
 
 
 def test_monitor_freezes_each_criterion_where_its_own_run_would_have_stopped(tmp_path) -> None:

@@ -68,7 +68,10 @@ def monitor_node(args: argparse.Namespace, path: Path) -> dict[str, Any]:
                 "alpha": args.alpha,
                 "patience": args.patience,
             },
-            "discrepancy": {"_target_": "dip_lightning.stopping.discrepancy.DiscrepancyPrinciple", "tau": args.tau},
+            "discrepancy": {
+                "_target_": "dip_lightning.stopping.discrepancy.DiscrepancyPrinciple",
+                "tau": args.tau,
+            },
             "discrepancy_est": {
                 "_target_": "dip_lightning.stopping.discrepancy.DiscrepancyPrinciple",
                 "tau": args.tau,

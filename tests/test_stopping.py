@@ -466,7 +466,8 @@ def test_callback_estimates_the_noise_level_when_asked_even_if_it_is_known() -> 
     callback = StoppingCallback(DiscrepancyPrinciple(noise_std="estimate"))
     callback.prepare(fake_problem(noise_std=0.5))
     assert callback.criterion.noise_std_source == NOISE_ESTIMATED
-    assert callback.criterion.noise_std_used == pytest.approx(0.1, rel=0.15)  # the observation's, not the 0.5 given
+    # the observation's level, not the 0.5 given
+    assert callback.criterion.noise_std_used == pytest.approx(0.1, rel=0.15)
 
 
 def test_callback_counts_complex_elements_twice() -> None:
@@ -669,6 +670,7 @@ class SequenceModule(pl.LightningModule):
         self.images = images
         self.weight = torch.nn.Parameter(torch.zeros(1))
         self.problem = fake_problem(ground_truth=images[0])
+
     def training_step(self, batch: Tensor, batch_idx: int) -> dict[str, Tensor]:
         return {
             "loss": (self.weight - 1.0).pow(2).sum(),

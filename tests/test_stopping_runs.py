@@ -206,7 +206,11 @@ def test_fixed_run_watched_by_a_monitor_matches_the_wmv_run(small_config, tmp_pa
             "_target_": "dip_lightning.stopping.monitor.StoppingMonitor",
             "path": str(tmp_path / "monitor.json"),
             "criteria": {
-                "wmv": {"_target_": "dip_lightning.stopping.wmv.WindowedMovingVariance", "window": 10, "patience": 20},
+                "wmv": {
+                    "_target_": "dip_lightning.stopping.wmv.WindowedMovingVariance",
+                    "window": 10,
+                    "patience": 20,
+                },
                 "oracle": {"_target_": "dip_lightning.stopping.oracle.Oracle"},
             },
         }

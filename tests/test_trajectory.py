@@ -70,7 +70,8 @@ def test_peak_and_replicates_follow_the_mean_output():
     for step, batch in enumerate((noisy, clean, noisy)):
         record = trajectory.record(step, batch)
     assert torch.equal(record.image, noisy.mean(dim=0, keepdim=True))
-    assert trajectory.peak_summary()["peak_step"] == 1 and torch.equal(trajectory.best_image, truth.ground_truth)
+    assert trajectory.peak_summary()["peak_step"] == 1
+    assert torch.equal(trajectory.best_image, truth.ground_truth)
     assert [peak["peak_step"] for peak in trajectory.replicate_peaks()] == [1, 1]
     assert Trajectory(problem(truth=False), 0.5).peak_summary() == {}
 
@@ -138,8 +139,8 @@ def test_complex_residuals_enter_losses_and_metrics_as_squared_magnitudes():
     torch.testing.assert_close(moments.variance.float(), expected[0])
     torch.testing.assert_close(moments.mean.to(measured.dtype), measured.mean(dim=0))
 
-    prediction = Prediction(samples.mean(0, keepdim=True), samples.var(0, keepdim=True), torch.zeros(1, 1, 8, 8))
-    prediction.measurement_epistemic = variance
+    mean, spread = samples.mean(0, keepdim=True), samples.var(0, keepdim=True)
+    prediction = Prediction(mean, spread, torch.zeros(1, 1, 8, 8), measurement_epistemic=variance)
     residual_sq, _ = measurement_calibration_pairs(prediction, problem_)
     assert not residual_sq.is_complex()
     assert "uce_observation" in evaluate_prediction(prediction, problem_)
@@ -169,7 +170,10 @@ def test_real_residuals_give_the_same_numbers_as_plain_squares():
             "dip_lightning.tracking.image_logger, dip_lightning.tracking.progress",
             "dip_lightning.methods",
         ),
-        ("dip_lightning.methods.resume_state, dip_lightning.methods.trajectory", "dip_lightning.methods.base"),
+        (
+            "dip_lightning.methods.resume_state, dip_lightning.methods.trajectory",
+            "dip_lightning.methods.base",
+        ),
     ],
     ids=["stopping-and-tracking", "record-without-method"],
 )

@@ -45,7 +45,9 @@ def is_image_shaped(problem: InverseProblem) -> bool:
     return tuple(problem.observation.shape[-2:]) == tuple(problem.image_shape)
 
 
-def choose_prediction(method: DeepImagePrior, stopping: StoppingCallback, status: str) -> tuple[Prediction, str]:
+def choose_prediction(
+    method: DeepImagePrior, stopping: StoppingCallback, status: str
+) -> tuple[Prediction, str]:
     """The prediction the run reports, and where it came from.
 
     A diverged network cannot be sampled: the last finite image it made is reported (see

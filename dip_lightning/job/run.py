@@ -171,9 +171,7 @@ def build_callbacks(cfg: DictConfig, output_dir: Path) -> tuple[list[pl.Callback
     Their order matters: the signal check and the checkpoint come last, so that a checkpoint
     holds a step every other callback has finished with.
     """
-    stopping = StoppingCallback(
-        build(cfg.stopping.criterion), report=cfg.stopping.get("report", "output")
-    )
+    stopping = StoppingCallback(build(cfg.stopping.criterion), report=cfg.stopping.get("report", "output"))
     callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     checkpoint = StepCheckpoint(output_dir / CHECKPOINT_DIR, **(cfg.get("checkpoint") or {}))
     return [*callbacks, stopping, interrupt.StopOnSignal(), checkpoint], stopping

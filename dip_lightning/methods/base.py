@@ -30,7 +30,8 @@ from dip_lightning.errors import (
 from dip_lightning.methods import resume_state
 from dip_lightning.methods.backtracking import Backtracking
 from dip_lightning.methods.evaluation import DEFAULT_CALIBRATION, Calibration
-from dip_lightning.methods.network_input import make_network_input, perturb
+from dip_lightning.methods.network_input import perturb
+from dip_lightning.methods.network_setup import NetworkSetup
 from dip_lightning.methods.predictive import PredictiveDistribution
 from dip_lightning.methods.replicates import replicas_for
 from dip_lightning.methods.seeds import rank_seed
@@ -62,7 +63,7 @@ def check_optimizer(optimizer: OptimizerFactory) -> None:
             check_positive(f"method.optimizer.{name}", keywords[name], allow_zero=True)
 
 
-class DeepImagePrior(PredictiveDistribution, pl.LightningModule):
+class DeepImagePrior(NetworkSetup, PredictiveDistribution, pl.LightningModule):
     """Plain DIP: Adam on the MSE between A f(z) and y, with input perturbation and an output EMA.
 
     Args:
@@ -156,14 +157,6 @@ class DeepImagePrior(PredictiveDistribution, pl.LightningModule):
         """How evaluations bin the UCE; the job sets it from the ``calibration`` config group."""
 
     # ------------------------------------------------------------------ set-up
-    @property
-    def uses_log_precision(self) -> bool:
-        return self.likelihood == "nll"
-
-    def network_kwargs(self) -> dict[str, Any]:
-        """Extra keyword arguments for the network factory; subclasses add layers or dropout."""
-        return {"log_precision_channel": self.uses_log_precision}
-
     def attach(self, problem: InverseProblem) -> DeepImagePrior:
         """Bind the method to a problem: build the input and the network for its image shape."""
         if self.uses_log_precision and not problem.operator.measurement_in_image_space:
@@ -206,41 +199,6 @@ class DeepImagePrior(PredictiveDistribution, pl.LightningModule):
         if self.fitted_operator is None:
             return []
         return [p for p in self.fitted_operator.parameters() if p.requires_grad]
-
-    def build_input(self, seed: int) -> Tensor:
-        """The fixed network input z (1, C, H, W) of a run with ``seed``."""
-        problem, settings = self.problem, self.input_settings
-        pseudo_inverse = None
-        if settings["kind"] == "pseudo_inverse":
-            pseudo_inverse = problem.operator.pseudo_inverse(problem.observation).detach()
-        return make_network_input(
-            settings["kind"],
-            int(settings["channels"]),
-            problem.image_shape,
-            float(settings["scale"]),
-            seed,
-            pseudo_inverse,
-        )
-
-    def build_network(self, seed: int) -> nn.Module:
-        """A freshly initialised network whose weights depend on ``seed`` alone.
-
-        The initialisation draws from its own seeded stream, not from whatever the global
-        generator holds after the data and operator were built, so a run's network is the same
-        however it was set up (and replicate k of a replicated run is the network of seed k).
-        """
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net = self.net_factory(
-                in_channels=int(self.input_settings["channels"]),
-                out_channels=self.problem.channels,
-                **self.network_kwargs(),
-            )
-            self.initialise_network(net)
-        return net
-
-    def initialise_network(self, net: nn.Module) -> None:
-        """Re-draw weights after construction (MC dropout's N(0, std) init); nothing by default."""
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> DeepImagePrior:
         """Move the trajectory's peak tensors with the module (``.to``, ``.cpu``, ``.double``)."""

@@ -157,9 +157,17 @@ def fake_run(shape: tuple[int, int], observation_shape: tuple[int, int], mfvi: b
     }
     if mfvi:
         arrays["variance_total"] = rng.random((1, *shape)) * 1e-3
-    metrics = {"psnr": 27.5, "baseline_psnr": 20.2, "steps": 300, "criterion": "fixed"}
+    metrics = {
+        "psnr": 27.5,
+        "baseline_psnr": 20.2,
+        "steps": 300,
+        "criterion": "fixed",
+        "reports_detection": False,
+    }
     if not mfvi:
-        metrics.update(criterion="wmv", detected_step=120, stopped_early=True, stop_step=220)
+        metrics.update(
+            criterion="wmv", reports_detection=True, detected_step=120, stopped_early=True, stop_step=220
+        )
     curves = {"psnr": list(np.linspace(20, 26, 300)), "psnr_ema": list(np.linspace(19, 27, 300))}
     return {"metrics": metrics, "arrays": arrays, "curves": curves}
 

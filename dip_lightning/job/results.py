@@ -248,12 +248,12 @@ def finalise(
     files.append(save_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True)))
     log_final(trainer, metrics, output_dir, files)
     result = RunResult(status=status, metrics=metrics, output_dir=output_dir, files=files)
-    print_summary(result, problem, stopping.reports_detection)
+    print_summary(result, problem)
     print("\n".join(where_to_look(result, trainer)), flush=True)
     return result
 
 
-def print_summary(result: RunResult, problem: InverseProblem, reports_detection: bool = True) -> None:
+def print_summary(result: RunResult, problem: InverseProblem) -> None:
     """A short, plain summary on stdout: quality, uncertainty, where the files are."""
     m = result.metrics
     lines = [
@@ -274,7 +274,7 @@ def print_summary(result: RunResult, problem: InverseProblem, reports_detection:
         lines.append(
             f"  peak PSNR {m['peak_psnr']:.2f} dB at step {m['peak_step']}, EMA peak {m['peak_psnr_ema']:.2f} dB"
         )
-    lines += stopping_lines(m, reports_detection)
+    lines += stopping_lines(m)
     if "uce" in m:
         lines.append(f"  UCE {m['uce']:.5f} (vs truth), NLL {m['nll']:.3f}")
     if "reason" in m:
@@ -283,12 +283,12 @@ def print_summary(result: RunResult, problem: InverseProblem, reports_detection:
     print("\n".join(lines), flush=True)
 
 
-def stopping_lines(m: dict[str, Any], reports_detection: bool = True) -> list[str]:
+def stopping_lines(m: dict[str, Any]) -> list[str]:
     """The summary lines of an early-stopping run: which step is reported, where and why it stopped.
 
-    None for a rule whose detection is not the reconstruction (``reports_detection`` False).
+    None for a rule whose detection is not the reconstruction (``reports_detection`` false).
     """
-    if not reports_detection or m.get("criterion") is None or m.get("detected_step") is None:
+    if not m.get("reports_detection") or m.get("detected_step") is None:
         return []
     what = "output EMA" if "(output EMA)" in str(m.get("reconstruction_source")) else "raw output"
     line = f"  {m['criterion']}: reconstruction = {what} at step {m['detected_step']}"

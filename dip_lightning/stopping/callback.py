@@ -145,6 +145,7 @@ class StoppingCallback(pl.Callback):
         """What to log at the end of a run: where the reconstruction comes from and why."""
         return {
             "criterion": self.criterion.name,
+            "reports_detection": self.criterion.reports_detection,
             "detected_step": self.criterion.detected_step,
             "stopped_early": self.stopped_early,
             "stop_step": self.stop_step,

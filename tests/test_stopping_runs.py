@@ -17,6 +17,7 @@ import torch
 from omegaconf import open_dict
 
 from dip_lightning.errors import ConfigError
+from dip_lightning.job.results import stopping_lines
 from dip_lightning.job.run import run
 from dip_lightning.metrics.image import psnr
 from dip_lightning.physics.ray_transform import CACHE_ENV_VAR
@@ -368,3 +369,19 @@ def test_data_parallel_ranks_stop_together(tmp_path):
     metrics = json.loads(metrics_file.read_text())
     assert_reports_the_detected_output(metrics, metrics_file.parent, "wmv")
     assert_stopped_early(metrics, patience=10)
+
+
+def test_summary_lines_only_for_rules_whose_detection_is_reported():
+    metrics = {
+        "criterion": "wmv",
+        "reports_detection": True,
+        "detected_step": 5,
+        "stopped_early": True,
+        "stop_step": 9,
+        "stop_reason": "its score had not improved for 4 steps since step 5",
+        "reconstruction_source": "stopping:wmv (output EMA)",
+    }
+    lines = stopping_lines(metrics)
+    assert lines[0] == "  wmv: reconstruction = output EMA at step 5"
+    assert lines[1] == "  stopped at step 9: its score had not improved for 4 steps since step 5"
+    assert stopping_lines({**metrics, "criterion": "fixed", "reports_detection": False}) == []

@@ -6,9 +6,11 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
+from pytorch_lightning.loggers import WandbLogger
 from torch import Tensor
 
 from dip_lightning.job.run import build_method, build_problem
@@ -22,6 +24,7 @@ from dip_lightning.physics.identity import Identity
 from dip_lightning.physics.noise import GaussianNoise
 from dip_lightning.physics.observation import InverseProblem, make_observation
 from dip_lightning.tracking import step_output
+from dip_lightning.tracking.image_logger import ImageLogger
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -92,6 +95,22 @@ def test_training_step_returns_the_step_outputs(small_config):
     assert outputs[step_output.MISFIT].dim() == 0 and outputs[step_output.PSNR].dim() == 0
     assert torch.equal(outputs[step_output.EMA], method.trajectory.ema.value)
     assert torch.equal(outputs[step_output.IMAGE], method.trajectory.latest_image)
+
+
+def test_the_image_logger_reads_the_step_outputs():
+    logged: dict[str, object] = {}
+    logger = object.__new__(WandbLogger)  # only its log_image is used
+    logger.log_image = lambda key, images, step: logged.update({key: step})
+    trainer = SimpleNamespace(loggers=[logger], global_step=30, global_rank=0)
+    outputs = {step_output.IMAGE: torch.rand(1, 1, 8, 8), step_output.EMA: torch.rand(1, 1, 8, 8)}
+    ImageLogger(every_n_steps=30).on_train_batch_end(
+        trainer, SimpleNamespace(problem=problem()), outputs, None, 0
+    )
+    assert logged == dict.fromkeys(
+        ("images/output", "images/output_ema", "images/pseudo_inverse", "images/ground_truth"), 30
+    )
+    with pytest.raises(RuntimeError, match="ImageLogger needs the output image"):
+        ImageLogger(every_n_steps=30).on_train_batch_end(trainer, None, {}, None, 0)
 
 
 # ------------------------------------------------------------------------------ complex measurements

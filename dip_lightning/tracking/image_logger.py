@@ -34,12 +34,12 @@ class ImageLogger(pl.Callback):
         step = trainer.global_step
         if not loggers or step % self.every_n_steps != 0 or trainer.global_rank != 0:
             return
-        problem = pl_module.problem
         images = {"images/output": step_output.output_image(outputs, "ImageLogger")}
         ema = step_output.value(outputs, step_output.EMA)
         if ema is not None:
             images["images/output_ema"] = ema
         if not self._static_logged:
+            problem = pl_module.problem
             images["images/pseudo_inverse"] = problem.operator.pseudo_inverse(problem.observation)
             if problem.ground_truth is not None:
                 images["images/ground_truth"] = problem.ground_truth

@@ -186,7 +186,7 @@ class StepTimer(pl.Callback):
         assert self.probe is not None
         if self.reference is None:
             self.platform_peak = self.probe.peak_mib()
-        history = getattr(pl_module, "ema_psnr_history", None)
+        history = pl_module.trajectory.ema_psnr_history
         if history:
             self.psnr = float(history[-1])
         StepTimer.finished = self

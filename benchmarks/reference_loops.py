@@ -24,8 +24,8 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from dip_lightning.config import build
-from dip_lightning.methods.base import rank_seed
-from dip_lightning.methods.sgld import LANGEVIN_SEED_OFFSET, RANK_SEED_STRIDE
+from dip_lightning.methods.seeds import RANK_SEED_STRIDE, rank_seed
+from dip_lightning.methods.sgld import LANGEVIN_SEED_OFFSET
 from dip_lightning.metrics.image import fast_psnr
 from dip_lightning.models.bayesian import kl_divergence
 from dip_lightning.physics.observation import InverseProblem

@@ -54,28 +54,30 @@ IMAGES: dict[str, list[str]] = {
 
 def monitor_node(args: argparse.Namespace, path: Path) -> dict[str, Any]:
     """The callback config of a StoppingMonitor over the four criteria, with the CLI settings."""
-    target = "dip_lightning.stopping.criteria."
     return {
         "_target_": "dip_lightning.stopping.monitor.StoppingMonitor",
         "path": str(path),
         "criteria": {
             "wmv": {
-                "_target_": target + "WindowedMovingVariance",
+                "_target_": "dip_lightning.stopping.wmv.WindowedMovingVariance",
                 "window": args.window,
                 "patience": args.patience,
             },
             "emv": {
-                "_target_": target + "ExponentialMovingVariance",
+                "_target_": "dip_lightning.stopping.emv.ExponentialMovingVariance",
                 "alpha": args.alpha,
                 "patience": args.patience,
             },
-            "discrepancy": {"_target_": target + "DiscrepancyPrinciple", "tau": args.tau},
+            "discrepancy": {
+                "_target_": "dip_lightning.stopping.discrepancy.DiscrepancyPrinciple",
+                "tau": args.tau,
+            },
             "discrepancy_est": {
-                "_target_": target + "DiscrepancyPrinciple",
+                "_target_": "dip_lightning.stopping.discrepancy.DiscrepancyPrinciple",
                 "tau": args.tau,
                 "noise_std": "estimate",
             },
-            "oracle": {"_target_": target + "Oracle"},
+            "oracle": {"_target_": "dip_lightning.stopping.oracle.Oracle"},
         },
     }
 
@@ -131,7 +133,7 @@ def rows_of(image: str, sigma: float, results: dict[str, Any]) -> list[dict[str,
                 "detected_step": entry["detected_step"],
                 "stop_step": entry["stop_step"],
                 "detected_psnr": round(entry["detected_psnr"], 3),
-                "noise_std": None if entry["noise_std"] is None else round(entry["noise_std"], 4),
+                "noise_std": None if entry.get("noise_std") is None else round(entry["noise_std"], 4),
                 "gap_db": round(entry["detection_gap"], 3),
                 "detected_ema_psnr": ema_at(results, entry["detected_step"]),
                 "seconds": round(results["seconds"], 1),

@@ -3,7 +3,7 @@
 Every repetition runs the platform's job (``dip_lightning.job.run.run``) once per criterion: plain DIP
 denoising, 64x64, ``logger=none``, ``--steps`` steps, with patiences that never end the run (and a
 discrepancy target that is never met), so every criterion updates at every step. The
-:class:`~dip_lightning.stopping.callback.EarlyStopping` hook is wrapped with a timer, which gives,
+:class:`~dip_lightning.stopping.callback.StoppingCallback` hook is wrapped with a timer, which gives,
 for every step after ``--start`` (by then the ES-WMV window of 100 outputs is full, so its eviction
 path is timed too):
 
@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.harness import write_csv  # noqa: E402
 from dip_lightning.config import compose_config  # noqa: E402
 from dip_lightning.job.run import run  # noqa: E402
-from dip_lightning.stopping.callback import EarlyStopping  # noqa: E402
+from dip_lightning.stopping.callback import StoppingCallback  # noqa: E402
 
 GOAL = 0.05
 RESULTS = ROOT / "benchmarks" / "results"
@@ -60,14 +60,14 @@ CRITERIA: dict[str, list[str]] = {
 
 
 class HookTimer:
-    """Wraps ``EarlyStopping.on_train_batch_end`` to time each step and the criterion within it."""
+    """Wraps ``StoppingCallback.on_train_batch_end`` to time each step and the criterion within it."""
 
     def __init__(self, start: int) -> None:
         self.start = start
         self.step_ms: list[float] = []
         self.criterion_ms: list[float] = []
         self._last_end: float | None = None
-        self._original = EarlyStopping.on_train_batch_end
+        self._original = StoppingCallback.on_train_batch_end
 
     def reset(self) -> None:
         self.step_ms, self.criterion_ms, self._last_end = [], [], None
@@ -75,7 +75,7 @@ class HookTimer:
     def install(self) -> None:
         original = self._original
 
-        def timed(callback: EarlyStopping, trainer: Any, *args: Any) -> None:
+        def timed(callback: StoppingCallback, trainer: Any, *args: Any) -> None:
             begin = time.perf_counter()
             original(callback, trainer, *args)
             end = time.perf_counter()
@@ -85,10 +85,10 @@ class HookTimer:
                     self.step_ms.append(1000.0 * (end - self._last_end))
             self._last_end = end
 
-        EarlyStopping.on_train_batch_end = timed  # type: ignore[method-assign]
+        StoppingCallback.on_train_batch_end = timed  # type: ignore[method-assign]
 
     def uninstall(self) -> None:
-        EarlyStopping.on_train_batch_end = self._original  # type: ignore[method-assign]
+        StoppingCallback.on_train_batch_end = self._original  # type: ignore[method-assign]
 
 
 def time_run(name: str, args: argparse.Namespace, workdir: Path, timer: HookTimer) -> dict[str, float]:

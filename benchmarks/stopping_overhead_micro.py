@@ -16,14 +16,12 @@ from collections.abc import Callable
 
 import torch
 
-from dip_lightning.stopping.criteria import (
-    DiscrepancyPrinciple,
-    ExponentialMovingVariance,
-    FixedSteps,
-    Oracle,
-    StoppingCriterion,
-    WindowedMovingVariance,
-)
+from dip_lightning.stopping.base import StoppingCriterion
+from dip_lightning.stopping.discrepancy import DiscrepancyPrinciple
+from dip_lightning.stopping.emv import ExponentialMovingVariance
+from dip_lightning.stopping.fixed import FixedSteps
+from dip_lightning.stopping.oracle import Oracle
+from dip_lightning.stopping.wmv import WindowedMovingVariance
 
 REFERENCE_STEP_MS = 40.0
 SIZES = (64, 256)

@@ -109,7 +109,7 @@ def first_look(denoising: tuple[dict, dict], ct: tuple[dict, dict], path: Path) 
         std = np.sqrt(np.clip(grey(mfvi["arrays"]["variance_total"]), 0, None))
         is_image = observation.shape == truth.shape
         dm, mm = dip["metrics"], mfvi["metrics"]
-        stop = f"step {dm['detected_step']}" if dm.get("criterion") != "fixed" else f"{dm['steps']} steps"
+        stop = f"step {dm['detected_step']}" if dm.get("reports_detection") else f"{dm['steps']} steps"
         panels = [
             (truth, "ground truth", "gray", (0, 1)),
             (
@@ -153,7 +153,7 @@ def psnr_over_steps(dip: dict, path: Path) -> Path:
     axis.plot(curves["psnr_ema"], lw=1.2, color="tab:orange", label="output EMA")
     axis.axhline(m["baseline_psnr"], color="grey", lw=0.8, ls=":", label="noisy measurement")
     detected = m.get("detected_step")
-    if detected is not None and m.get("criterion") != "fixed":
+    if detected is not None and m.get("reports_detection"):
         axis.axvline(
             detected, color="tab:green", lw=1.0, label=f"{m['criterion']} detection (step {detected})"
         )

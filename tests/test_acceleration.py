@@ -44,7 +44,7 @@ def test_channels_last_computes_the_same_network(small_config):
     nhwc = fit(small_config(*TINY, "model.channels_last=true"), steps=1)
     weights = [p for p in nhwc.net.parameters() if p.dim() == 4 and p.shape[-1] > 1]
     assert weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
-    torch.testing.assert_close(nhwc.ema.value, plain.ema.value, atol=1e-5, rtol=0)
+    torch.testing.assert_close(nhwc.trajectory.ema.value, plain.trajectory.ema.value, atol=1e-5, rtol=0)
 
 
 def test_compile_wraps_the_network_and_keeps_its_weight_names(small_config):
@@ -59,8 +59,8 @@ def test_compile_wraps_the_network_and_keeps_its_weight_names(small_config):
 
 def test_bf16_mixed_precision_trains_on_the_cpu(small_config):
     method = fit(small_config(*TINY, "trainer.precision=bf16-mixed"), steps=3)
-    assert method.ema.value.dtype == torch.float32
-    assert torch.isfinite(torch.stack(method.psnr_history)).all()
+    assert method.trajectory.ema.value.dtype == torch.float32
+    assert torch.isfinite(torch.stack(method.trajectory.psnr_history)).all()
 
 
 def test_step_scalars_are_logged_only_on_logging_steps(small_config, tmp_path):

@@ -15,12 +15,12 @@ from dip_lightning import figures
 from dip_lightning.config import CONFIG_DIR, compose_config
 from dip_lightning.errors import ConfigError
 from dip_lightning.job.run import run
-from dip_lightning.stopping.callback import EarlyStopping
-from dip_lightning.stopping.criteria import FixedSteps
+from dip_lightning.stopping.callback import StoppingCallback
+from dip_lightning.stopping.fixed import FixedSteps
 from dip_lightning.tracking.progress import ProgressReport, format_seconds
 
-WMV = "dip_lightning.stopping.criteria.WindowedMovingVariance"
-FIXED = "dip_lightning.stopping.criteria.FixedSteps"
+WMV = "dip_lightning.stopping.wmv.WindowedMovingVariance"
+FIXED = "dip_lightning.stopping.fixed.FixedSteps"
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def one_thread():
         ((), WMV, "ema"),  # plain DIP stops early and reports the output EMA at the detection
         (("method=dip", "task=ct"), WMV, "ema"),
         (("stopping=fixed",), FIXED, None),  # the command line replaces the default
-        (("stopping=emv",), "dip_lightning.stopping.criteria.ExponentialMovingVariance", "ema"),
+        (("stopping=emv",), "dip_lightning.stopping.emv.ExponentialMovingVariance", "ema"),
         (("method=mfvi",), FIXED, None),  # methods that do not overfit run to their budget
         (("method=sgld",), FIXED, None),
         (("method=mcdropout",), FIXED, None),
@@ -62,7 +62,7 @@ def test_every_method_has_a_default_stopping_rule():
 
 def test_stopping_report_is_checked():
     with pytest.raises(ConfigError, match=r"stopping\.report='mean'.*'ema'.*'output'"):
-        EarlyStopping(FixedSteps(), report="mean")
+        StoppingCallback(FixedSteps(), report="mean")
 
 
 # ------------------------------------------------------------------------------------- progress
@@ -157,9 +157,17 @@ def fake_run(shape: tuple[int, int], observation_shape: tuple[int, int], mfvi: b
     }
     if mfvi:
         arrays["variance_total"] = rng.random((1, *shape)) * 1e-3
-    metrics = {"psnr": 27.5, "baseline_psnr": 20.2, "steps": 300, "criterion": "fixed"}
+    metrics = {
+        "psnr": 27.5,
+        "baseline_psnr": 20.2,
+        "steps": 300,
+        "criterion": "fixed",
+        "reports_detection": False,
+    }
     if not mfvi:
-        metrics.update(criterion="wmv", detected_step=120, stopped_early=True, stop_step=220)
+        metrics.update(
+            criterion="wmv", reports_detection=True, detected_step=120, stopped_early=True, stop_step=220
+        )
     curves = {"psnr": list(np.linspace(20, 26, 300)), "psnr_ema": list(np.linspace(19, 27, 300))}
     return {"metrics": metrics, "arrays": arrays, "curves": curves}
 

@@ -23,7 +23,8 @@ from dip_lightning.data.datamodule import SingleObservationDataModule
 from dip_lightning.errors import ConfigError
 from dip_lightning.job.run import build_method, build_problem, run
 from dip_lightning.methods.backtracking import Backtracking, loss_ratio
-from dip_lightning.methods.base import DeepImagePrior, rank_seed
+from dip_lightning.methods.base import DeepImagePrior
+from dip_lightning.methods.seeds import rank_seed
 from dip_lightning.methods.sgld import SGLDDIP, add_langevin_noise, langevin_parameters
 from dip_lightning.models.bayesian import MeanFieldConv2d
 from dip_lightning.models.layers import SampleBatchNorm2d
@@ -536,7 +537,7 @@ class ScrambleWeights(pl.Callback):
 def test_backtracking_takes_a_collapsed_step_again_from_the_previous_weights(small_config, method):
     steady = (*method_overrides(method), "method.input.perturbation_std=0")
     guarded = fit(small_config(*steady, "method.backtrack_db=5"), 14, callbacks=[ScrambleWeights(10)])
-    psnr = torch.stack(guarded.psnr_history)
+    psnr = torch.stack(guarded.trajectory.psnr_history)
     assert len(psnr) == 14 and guarded.backtracking_summary() == {"backtracks": 1}
     assert guarded.optimizers(use_pl_optimizer=False).param_groups[0]["lr"] == pytest.approx(
         0.5 * float(small_config(method_overrides(method)[0]).method.optimizer.lr)
@@ -545,7 +546,7 @@ def test_backtracking_takes_a_collapsed_step_again_from_the_previous_weights(sma
     assert psnr[10] == pytest.approx(float(psnr[9]), abs=1e-4)
     unguarded = fit(small_config(*steady), 14, callbacks=[ScrambleWeights(10)])
     assert unguarded.backtracking_summary() == {}
-    assert float(torch.stack(unguarded.psnr_history)[10]) < float(psnr[9]) - 3.0
+    assert float(torch.stack(unguarded.trajectory.psnr_history)[10]) < float(psnr[9]) - 3.0
 
 
 def test_backtracking_run_reports_the_number_of_restores(small_config, tmp_path):

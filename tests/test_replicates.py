@@ -21,7 +21,7 @@ from dip_lightning.data.datamodule import SingleObservationDataModule
 from dip_lightning.errors import ConfigError
 from dip_lightning.job.run import build_method, build_problem, run
 from dip_lightning.methods.dip import DIP
-from dip_lightning.methods.replicates import ReplicatedDIP, ReplicatedMeanFieldDIP
+from dip_lightning.methods.mcdropout import MCDropoutDIP
 from dip_lightning.models.bayesian import mean_field_conv_factory
 from dip_lightning.models.layers import per_sample_norm
 from dip_lightning.models.replicated import ReplicaNoise, replica_state_dict, replicate_network
@@ -50,7 +50,8 @@ def fit(cfg, steps: int = STEPS):
 def test_replicate_k_matches_a_separate_run_with_seed_k(small_config, method, task):
     common = (f"method={method}", f"task={task}", FIXED, *FLOAT64)
     replicated = fit(small_config(*common, "seed=5", "method.replicates=3"))
-    assert isinstance(replicated, ReplicatedDIP | ReplicatedMeanFieldDIP)
+    assert replicated.replicas is not None and replicated.replicas.seeds == [5, 6, 7]
+    ours_record = replicated.trajectory
     for k in range(3):
         single = fit(small_config(*common, f"seed={5 + k}"))
         theirs, ours = single.net.state_dict(), replica_state_dict(replicated.net, k)
@@ -58,10 +59,11 @@ def test_replicate_k_matches_a_separate_run_with_seed_k(small_config, method, ta
         for name, value in theirs.items():
             torch.testing.assert_close(ours[name], value, rtol=0, atol=1e-9, msg=name)
         torch.testing.assert_close(
-            replicated.replica_ema.value[k : k + 1], single.ema.value, rtol=0, atol=1e-9
+            ours_record.replica_ema.value[k : k + 1], single.trajectory.ema.value, rtol=0, atol=1e-9
         )
-        history = torch.stack(replicated.replica_psnr_history)[:, k]
-        torch.testing.assert_close(history, torch.stack(single.psnr_history).to(history), atol=1e-6, rtol=0)
+        history = torch.stack(ours_record.replica_psnr_history)[:, k]
+        expected = torch.stack(single.trajectory.psnr_history).to(history)
+        torch.testing.assert_close(history, expected, atol=1e-6, rtol=0)
 
 
 def test_replicated_network_runs_every_replicate_on_its_own_block():
@@ -85,7 +87,7 @@ def test_replicated_network_runs_every_replicate_on_its_own_block():
 
 def test_replicates_one_is_the_plain_method(small_config):
     method = build_method(small_config("method.replicates=1"), build_problem(small_config()))
-    assert type(method) is DIP and method.replicates == 1
+    assert type(method) is DIP and method.replicates == 1 and method.replicas is None
 
 
 @pytest.mark.parametrize(
@@ -93,9 +95,10 @@ def test_replicates_one_is_the_plain_method(small_config):
     [
         (("method.replicates=0",), "integer >= 1"),
         (("method.replicates=two",), "integer >= 1"),
-        (("method=mcdropout", "method.replicates=2"), "supported methods: dip, mfvi"),
-        (("method=sgld", "method.replicates=2"), "supported methods: dip, mfvi"),
+        (("method=mcdropout", "method.replicates=2"), "MCDropoutDIP cannot train replicates"),
+        (("method=sgld", "method.replicates=2"), "SGLDDIP cannot train replicates"),
         (("stopping=wmv", "method.replicates=2"), "use stopping=fixed"),
+        (("method=mfvi", "stopping=oracle", "method.replicates=2"), r"early stopping \(oracle\)"),
         ((FIXED, "method.grad_clip=1.0", "method.replicates=2"), "grad_clip=0"),
     ],
 )
@@ -106,9 +109,12 @@ def test_replicates_settings_are_checked_before_training(small_config, overrides
     assert "method.replicates" in str(error.value)
 
 
-def test_a_single_network_method_refuses_replicates():
-    with pytest.raises(ConfigError, match=r"method\.replicates.*build_method"):
-        DIP(net=lambda **_: nn.Identity(), optimizer=torch.optim.Adam, replicates=2)
+def test_a_method_opts_into_replicates_with_its_class_attribute():
+    assert DIP.supports_replicates and not MCDropoutDIP.supports_replicates
+    method = DIP(net=lambda **_: nn.Identity(), optimizer=torch.optim.Adam, seed=3, replicates=2)
+    assert method.replicas is not None and method.replicas.seeds == [3, 4]
+    with pytest.raises(ConfigError, match=r"method\.replicates.*supports_replicates"):
+        MCDropoutDIP(net=lambda **_: nn.Identity(), optimizer=torch.optim.Adam, replicates=2)
 
 
 def test_replicated_run_reports_each_replicate_and_their_spread(small_config, tmp_path, capsys):
@@ -138,6 +144,9 @@ def test_a_resumed_replicated_run_continues_exactly(tmp_path):
     full, full_curves = job("full", "trainer.max_steps=8")
     job("half", "trainer.max_steps=4")
     resumed, resumed_curves = job("resumed", "trainer.max_steps=8", f"ckpt_path={tmp_path / 'half'}")
+    with pytest.raises(ConfigError, match="holds 2 replicates") as refused:
+        job("three", "trainer.max_steps=8", "method.replicates=3", f"ckpt_path={tmp_path / 'half'}")
+    assert refused.value.setting == "method.replicates"
     for ours, theirs in zip(resumed_curves["psnr_replicates"], full_curves["psnr_replicates"], strict=True):
         assert ours == pytest.approx(theirs, rel=1e-6)
     for ours, theirs in zip(resumed["per_replicate"], full["per_replicate"]):

@@ -133,8 +133,11 @@ def test_checkpoints_are_periodic_complete_and_load_with_weights_only(tmp_path):
     checkpoint = torch.load(directory / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 10 and metrics["checkpoint_step"] == 10
     record = checkpoint[resume_state.KEY]
-    assert record["method"] == "SGLDDIP" and record["ema"]["steps"] == 10
-    assert record["psnr_history"].shape == (10,)
+    assert record["format"] == resume_state.FORMAT
+    trajectory = record["trajectory"]
+    assert record["method"] == "SGLDDIP" and trajectory["ema"]["steps"] == 10
+    assert trajectory["psnr_history"].shape == (10,) and int(trajectory["peak_step"]) >= 0
+    assert not any(name.startswith("peak") or name == "best_image" for name in checkpoint["state_dict"])
     assert set(record["rng"]) >= {"torch", "numpy", "python"}
     assert "sgld_generator" in checkpoint and checkpoint["sgld_samples"]["count"] == 3
     assert checkpoint["optimizer_states"] and checkpoint["callbacks"]
@@ -185,6 +188,13 @@ def finished_run(tmp_path) -> Path:
     return directory
 
 
+def write_old_format(finished: Path, target: Path) -> Path:
+    checkpoint = torch.load(finished / "checkpoints" / "last.ckpt", weights_only=True)
+    checkpoint[resume_state.KEY]["format"] = 1
+    torch.save(checkpoint, target)
+    return target
+
+
 def write_truncated(finished: Path, target: Path) -> Path:
     data = (finished / "checkpoints" / "last.ckpt").read_bytes()
     target.write_bytes(data[: len(data) // 2])
@@ -202,11 +212,21 @@ def write_truncated(finished: Path, target: Path) -> Path:
             (),
             "another kind",
         ),
+        (lambda run_dir, tmp: write_old_format(run_dir, tmp / "old.ckpt"), (), "format 1"),
         (lambda run_dir, tmp: run_dir, ("method=sgld",), "holds a DIP run"),
         (lambda run_dir, tmp: run_dir, ("data.size=48",), "another network or image size"),
         (lambda run_dir, tmp: run_dir, ("observation_seed=7",), "another measurement"),
     ],
-    ids=["absent", "no-checkpoint", "truncated", "not-a-run", "other-method", "other-size", "other-data"],
+    ids=[
+        "absent",
+        "no-checkpoint",
+        "truncated",
+        "not-a-run",
+        "old-format",
+        "other-method",
+        "other-size",
+        "other-data",
+    ],
 )
 def test_bad_ckpt_path_fails_before_training(finished_run, tmp_path, make_path, overrides, text):
     other = tmp_path / "other"

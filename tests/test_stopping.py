@@ -15,22 +15,21 @@ from torch import Tensor
 
 from dip_lightning.errors import ConfigError
 from dip_lightning.metrics.image import fast_psnr
-from dip_lightning.stopping.callback import (
+from dip_lightning.stopping.base import Needs, StoppingCriterion, device_scalar
+from dip_lightning.stopping.callback import StoppingCallback
+from dip_lightning.stopping.discrepancy import (
     NOISE_ESTIMATED,
     NOISE_FROM_CONFIG,
     NOISE_FROM_PROBLEM,
-    EarlyStopping,
-)
-from dip_lightning.stopping.criteria import (
     DiscrepancyPrinciple,
-    ExponentialMovingVariance,
-    FixedSteps,
-    Oracle,
-    StoppingCriterion,
-    WindowedMovingVariance,
 )
+from dip_lightning.stopping.emv import ExponentialMovingVariance
+from dip_lightning.stopping.fixed import FixedSteps
 from dip_lightning.stopping.monitor import StoppingMonitor
 from dip_lightning.stopping.noise_level import estimate_noise_std, haar_diagonal_detail
+from dip_lightning.stopping.oracle import Oracle
+from dip_lightning.stopping.wmv import WindowedMovingVariance
+from dip_lightning.tracking.step_output import IMAGE, MISFIT, PSNR
 
 torch.set_num_threads(1)
 
@@ -430,72 +429,72 @@ def fake_problem(
 
 
 def test_callback_rejects_oracle_without_ground_truth() -> None:
-    callback = EarlyStopping(Oracle())
+    callback = StoppingCallback(Oracle())
     module = SimpleNamespace(problem=fake_problem())
     with pytest.raises(ConfigError) as info:
         callback.on_fit_start(None, module)  # type: ignore[arg-type]
     assert info.value.setting == "stopping"
     assert "ground-truth" in str(info.value)
-    EarlyStopping(Oracle()).prepare(fake_problem(ground_truth=torch.zeros(1, 1, 64, 64)))
+    StoppingCallback(Oracle()).prepare(fake_problem(ground_truth=torch.zeros(1, 1, 64, 64)))
 
 
 def test_callback_needs_a_problem_and_a_criterion() -> None:
     with pytest.raises(RuntimeError, match="problem"):
-        EarlyStopping(FixedSteps()).on_fit_start(None, SimpleNamespace(problem=None))  # type: ignore[arg-type]
+        StoppingCallback(FixedSteps()).on_fit_start(None, SimpleNamespace(problem=None))  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="StoppingCriterion"):
-        EarlyStopping("wmv")  # type: ignore[arg-type]
+        StoppingCallback("wmv")  # type: ignore[arg-type]
 
 
 def test_callback_noise_level_sources() -> None:
-    config = EarlyStopping(DiscrepancyPrinciple(noise_std=0.3))
+    config = StoppingCallback(DiscrepancyPrinciple(noise_std=0.3))
     config.prepare(fake_problem(noise_std=0.2))
-    assert (config.noise_std, config.noise_std_source) == (0.3, NOISE_FROM_CONFIG)
+    assert (config.criterion.noise_std_used, config.criterion.noise_std_source) == (0.3, NOISE_FROM_CONFIG)
     assert config.criterion.threshold == pytest.approx(1.1 * 0.3 * 64)
 
-    known = EarlyStopping(DiscrepancyPrinciple())
+    known = StoppingCallback(DiscrepancyPrinciple())
     known.prepare(fake_problem(noise_std=0.2))
-    assert (known.noise_std, known.noise_std_source) == (0.2, NOISE_FROM_PROBLEM)
+    assert (known.criterion.noise_std_used, known.criterion.noise_std_source) == (0.2, NOISE_FROM_PROBLEM)
 
-    estimated = EarlyStopping(DiscrepancyPrinciple())
+    estimated = StoppingCallback(DiscrepancyPrinciple())
     estimated.prepare(fake_problem())
-    assert estimated.noise_std_source == NOISE_ESTIMATED
-    assert estimated.noise_std == pytest.approx(0.1, rel=0.15)
-    assert estimated.criterion.delta == pytest.approx(estimated.noise_std * 64)
+    assert estimated.criterion.noise_std_source == NOISE_ESTIMATED
+    assert estimated.criterion.noise_std_used == pytest.approx(0.1, rel=0.15)
+    assert estimated.criterion.delta == pytest.approx(estimated.criterion.noise_std_used * 64)
 
 
 def test_callback_estimates_the_noise_level_when_asked_even_if_it_is_known() -> None:
-    callback = EarlyStopping(DiscrepancyPrinciple(noise_std="estimate"))
+    callback = StoppingCallback(DiscrepancyPrinciple(noise_std="estimate"))
     callback.prepare(fake_problem(noise_std=0.5))
-    assert callback.noise_std_source == NOISE_ESTIMATED
-    assert callback.noise_std == pytest.approx(0.1, rel=0.15)  # the observation's, not the 0.5 given
+    assert callback.criterion.noise_std_source == NOISE_ESTIMATED
+    # the observation's level, not the 0.5 given
+    assert callback.criterion.noise_std_used == pytest.approx(0.1, rel=0.15)
 
 
 def test_callback_counts_complex_elements_twice() -> None:
-    callback = EarlyStopping(DiscrepancyPrinciple(noise_std=1.0))
+    callback = StoppingCallback(DiscrepancyPrinciple(noise_std=1.0))
     callback.prepare(fake_problem(observation=torch.zeros(1, 1, 8, 8, dtype=torch.complex64)))
     assert callback.criterion.delta == pytest.approx(math.sqrt(128))
 
 
 def test_callback_rejects_unusable_noise_levels() -> None:
     with pytest.raises(ConfigError, match="misfit target would be 0") as info:
-        EarlyStopping(DiscrepancyPrinciple()).prepare(fake_problem(noise_std=0.0))
+        StoppingCallback(DiscrepancyPrinciple()).prepare(fake_problem(noise_std=0.0))
     assert info.value.setting == "stopping.criterion.noise_std"
     with pytest.raises(ConfigError, match="cannot be estimated") as info:
-        EarlyStopping(DiscrepancyPrinciple()).prepare(fake_problem(observation=torch.ones(1, 1, 1, 50)))
+        StoppingCallback(DiscrepancyPrinciple()).prepare(fake_problem(observation=torch.ones(1, 1, 1, 50)))
     assert info.value.setting == "stopping.criterion.noise_std"
     with pytest.raises(ConfigError, match="misfit target would be 0"):
-        EarlyStopping(DiscrepancyPrinciple()).prepare(fake_problem(observation=torch.ones(1, 1, 8, 8)))
+        StoppingCallback(DiscrepancyPrinciple()).prepare(fake_problem(observation=torch.ones(1, 1, 8, 8)))
 
 
 def test_callback_stops_the_trainer_and_summarises() -> None:
     images = noisy_sequence(steps=400)
-    callback = EarlyStopping(WindowedMovingVariance(window=10, patience=50, check_every=5))
+    callback = StoppingCallback(WindowedMovingVariance(window=10, patience=50, check_every=5))
     trainer = SimpleNamespace(global_step=0, should_stop=False)
-    module = SimpleNamespace(latest_image=None, latest_misfit=torch.tensor(1.0), latest_psnr=None)
     for t in range(400):
-        module.latest_image = images[t]
+        outputs = {IMAGE: images[t], MISFIT: torch.tensor(1.0), PSNR: None}
         trainer.global_step = t + 1  # Lightning has stepped the optimizer by then
-        callback.on_train_batch_end(trainer, module, None, None, 0)  # type: ignore[arg-type]
+        callback.on_train_batch_end(trainer, None, outputs, None, 0)  # type: ignore[arg-type]
         if trainer.should_stop:
             break
     summary = callback.summary()
@@ -508,9 +507,67 @@ def test_callback_stops_the_trainer_and_summarises() -> None:
     assert summary["final_score"] == pytest.approx(windowed_variance(images, summary["stop_step"], 10))
     assert torch.equal(callback.criterion.detected_image, images[detected])
 
-    restored = EarlyStopping(WindowedMovingVariance(window=10, patience=50, check_every=5))
+    restored = StoppingCallback(WindowedMovingVariance(window=10, patience=50, check_every=5))
     restored.load_state_dict(callback.state_dict())
     assert restored.summary() == summary
+
+
+class PsnrAbove(StoppingCriterion):
+    """A rule written here, as a new rule would be: one class that declares what it needs."""
+
+    name = "psnr_above"
+    needs = Needs(ground_truth=True, noise_level=True)
+    _initial_best = -math.inf
+
+    def __init__(self, margin: float = 0.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.margin = margin
+        self.level: float | None = None
+
+    def prepare(self, problem) -> None:
+        super().prepare(problem)
+        self.level = -20.0 * math.log10(problem.noise_std) + self.margin  # PSNR of an error at the noise
+
+    def _observe(self, step, image, misfit, psnr):
+        score = device_scalar(psnr, image.device, self._score_dtype(), "psnr")
+        self._keep_if(score > self._best_score, step, image, score)
+        return score
+
+    def _should_stop(self, step: int) -> bool:
+        return self.best_score is not None and self.best_score >= self.level
+
+    def stop_reason(self) -> str:
+        return f"the PSNR passed {self.level:.1f} dB"
+
+    def details(self) -> dict:
+        return {"level": self.level}
+
+
+def test_a_new_rule_is_one_class_the_callback_knows_only_by_its_declarations() -> None:
+    callback = StoppingCallback(PsnrAbove(margin=1.0, check_every=1))
+    with pytest.raises(ConfigError, match="ground-truth") as info:
+        callback.prepare(fake_problem(noise_std=0.1))
+    assert (info.value.setting, info.value.value) == ("stopping", "psnr_above")
+    callback.prepare(fake_problem(ground_truth=torch.zeros(1, 1, 64, 64), noise_std=0.1))
+    images = noisy_sequence(steps=40)
+    trainer = SimpleNamespace(global_step=0, should_stop=False)
+    for t in range(40):
+        trainer.global_step = t + 1
+        callback.on_train_batch_end(trainer, None, {IMAGE: images[t], PSNR: torch.tensor(float(t))}, None, 0)
+        if trainer.should_stop:
+            break
+    summary = callback.summary()
+    assert trainer.should_stop and summary["stop_step"] == summary["detected_step"] == 21
+    assert summary["stop_reason"] == "the PSNR passed 21.0 dB" and summary["level"] == pytest.approx(21.0)
+    assert callback.reports_detection and torch.equal(callback.reported_image()[0], images[21])
+    assert "noise_std" not in summary  # only the discrepancy principle reports a noise level
+
+
+def test_rules_declare_what_they_need_and_whether_their_detection_is_reported() -> None:
+    assert Oracle.needs.ground_truth and not WindowedMovingVariance.needs.ground_truth
+    assert DiscrepancyPrinciple.needs == Needs(misfit=True, noise_level=True)
+    assert not FixedSteps.reports_detection
+    assert all(rule.reports_detection for rule in (WindowedMovingVariance, ExponentialMovingVariance, Oracle))
 
 
 def test_monitor_freezes_each_criterion_where_its_own_run_would_have_stopped(tmp_path) -> None:
@@ -525,24 +582,23 @@ def test_monitor_freezes_each_criterion_where_its_own_run_would_have_stopped(tmp
         },
         path=tmp_path / "monitor.json",
     )
-    alone = EarlyStopping(WindowedMovingVariance(window=10, patience=50, check_every=5))
+    alone = StoppingCallback(WindowedMovingVariance(window=10, patience=50, check_every=5))
     trainer = SimpleNamespace(global_step=0, should_stop=False)
     module = SimpleNamespace(
         problem=fake_problem(ground_truth=truth),
-        latest_image=None,
-        latest_misfit=None,
-        latest_psnr=None,
         global_step=0,
-        peak_summary=lambda: {"peak_psnr": float(psnrs[peak_step]), "peak_step": peak_step},
+        trajectory=SimpleNamespace(
+            peak_summary=lambda: {"peak_psnr": float(psnrs[peak_step]), "peak_step": peak_step}
+        ),
     )
     monitor.on_fit_start(trainer, module)  # type: ignore[arg-type]
     alone_stopped = False
     for t in range(500):
-        module.latest_image, module.latest_psnr = images[t], psnrs[t]
+        outputs = {IMAGE: images[t], MISFIT: None, PSNR: psnrs[t]}
         trainer.global_step = module.global_step = t + 1
-        monitor.on_train_batch_end(trainer, module, None, None, 0)  # type: ignore[arg-type]
+        monitor.on_train_batch_end(trainer, module, outputs, None, 0)  # type: ignore[arg-type]
         if not alone_stopped:
-            alone_stopped = alone.observe(trainer, module)  # type: ignore[arg-type]
+            alone_stopped = alone.observe(trainer, outputs)  # type: ignore[arg-type]
     monitor.on_fit_end(trainer, module)  # type: ignore[arg-type]
 
     assert not trainer.should_stop  # the monitor never ends the run
@@ -582,13 +638,11 @@ def test_data_parallel_ranks_follow_rank_zero_at_check_steps_only(rank_zero_stop
     images = noisy_sequence(steps=40)
     strategy = RankZeroStrategy(rank_zero_stops)
     # This rank's own criterion would never stop; rank zero decides for it.
-    callback = EarlyStopping(FixedSteps(check_every=5))
+    callback = StoppingCallback(FixedSteps(check_every=5))
     trainer = SimpleNamespace(global_step=0, should_stop=False, world_size=2, strategy=strategy)
-    module = SimpleNamespace(latest_image=None, latest_misfit=None, latest_psnr=None)
     for t in range(12):
-        module.latest_image = images[t]
         trainer.global_step = t + 1
-        callback.on_train_batch_end(trainer, module, None, None, 0)  # type: ignore[arg-type]
+        callback.on_train_batch_end(trainer, None, {IMAGE: images[t]}, None, 0)  # type: ignore[arg-type]
         if trainer.should_stop:
             break
     if rank_zero_stops:
@@ -600,11 +654,12 @@ def test_data_parallel_ranks_follow_rank_zero_at_check_steps_only(rank_zero_stop
         assert strategy.calls == [(False, 0), (False, 0)]  # updates 5 and 10 of 12
 
 
-def test_callback_needs_the_latest_image() -> None:
-    callback = EarlyStopping(FixedSteps())
+def test_callback_needs_the_steps_output_image() -> None:
+    callback = StoppingCallback(FixedSteps())
     trainer = SimpleNamespace(global_step=1, should_stop=False)
-    with pytest.raises(RuntimeError, match="latest_image"):
-        callback.on_train_batch_end(trainer, SimpleNamespace(latest_image=None), None, None, 0)  # type: ignore[arg-type]
+    for outputs in (None, {IMAGE: None, MISFIT: torch.tensor(1.0)}):
+        with pytest.raises(RuntimeError, match="'image'"):
+            callback.on_train_batch_end(trainer, None, outputs, None, 0)  # type: ignore[arg-type]
 
 
 class SequenceModule(pl.LightningModule):
@@ -615,15 +670,14 @@ class SequenceModule(pl.LightningModule):
         self.images = images
         self.weight = torch.nn.Parameter(torch.zeros(1))
         self.problem = fake_problem(ground_truth=images[0])
-        self.latest_image: Tensor | None = None
-        self.latest_misfit: Tensor | None = None
-        self.latest_psnr: Tensor | None = None
 
-    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        self.latest_image = self.images[self.global_step]
-        self.latest_misfit = torch.tensor(1.0)
-        self.latest_psnr = torch.tensor(-float(self.global_step))
-        return (self.weight - 1.0).pow(2).sum()
+    def training_step(self, batch: Tensor, batch_idx: int) -> dict[str, Tensor]:
+        return {
+            "loss": (self.weight - 1.0).pow(2).sum(),
+            IMAGE: self.images[self.global_step],
+            MISFIT: torch.tensor(1.0),
+            PSNR: torch.tensor(-float(self.global_step)),
+        }
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -634,7 +688,7 @@ class SequenceModule(pl.LightningModule):
 
 def test_callback_in_a_lightning_trainer() -> None:
     images = noisy_sequence(steps=400)
-    callback = EarlyStopping(WindowedMovingVariance(window=10, patience=40, check_every=5))
+    callback = StoppingCallback(WindowedMovingVariance(window=10, patience=40, check_every=5))
     trainer = pl.Trainer(
         max_steps=400,
         accelerator="cpu",

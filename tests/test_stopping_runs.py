@@ -17,10 +17,11 @@ import torch
 from omegaconf import open_dict
 
 from dip_lightning.errors import ConfigError
+from dip_lightning.job.results import stopping_lines
 from dip_lightning.job.run import run
 from dip_lightning.metrics.image import psnr
 from dip_lightning.physics.ray_transform import CACHE_ENV_VAR
-from dip_lightning.stopping.callback import NOISE_ESTIMATED, NOISE_FROM_PROBLEM
+from dip_lightning.stopping.discrepancy import NOISE_ESTIMATED, NOISE_FROM_PROBLEM
 from tests.conftest import run_cli
 
 CRITERIA = ("fixed", "wmv", "emv", "discrepancy", "oracle")
@@ -200,15 +201,18 @@ def test_fixed_run_watched_by_a_monitor_matches_the_wmv_run(small_config, tmp_pa
     stopped = fit(small_config, "method=dip", *WMV, f"trainer.max_steps={MAX_STEPS}")
     stopped_psnr = saved_reconstruction_psnr(tmp_path)
 
-    target = "dip_lightning.stopping.criteria."
     cfg = small_config("num_threads=1", "method=dip", "stopping=fixed", f"trainer.max_steps={MAX_STEPS}")
     with open_dict(cfg):
         cfg.callbacks.monitor = {
             "_target_": "dip_lightning.stopping.monitor.StoppingMonitor",
             "path": str(tmp_path / "monitor.json"),
             "criteria": {
-                "wmv": {"_target_": target + "WindowedMovingVariance", "window": 10, "patience": 20},
-                "oracle": {"_target_": target + "Oracle"},
+                "wmv": {
+                    "_target_": "dip_lightning.stopping.wmv.WindowedMovingVariance",
+                    "window": 10,
+                    "patience": 20,
+                },
+                "oracle": {"_target_": "dip_lightning.stopping.oracle.Oracle"},
             },
         }
     run(cfg)
@@ -365,3 +369,19 @@ def test_data_parallel_ranks_stop_together(tmp_path):
     metrics = json.loads(metrics_file.read_text())
     assert_reports_the_detected_output(metrics, metrics_file.parent, "wmv")
     assert_stopped_early(metrics, patience=10)
+
+
+def test_summary_lines_only_for_rules_whose_detection_is_reported():
+    metrics = {
+        "criterion": "wmv",
+        "reports_detection": True,
+        "detected_step": 5,
+        "stopped_early": True,
+        "stop_step": 9,
+        "stop_reason": "its score had not improved for 4 steps since step 5",
+        "reconstruction_source": "stopping:wmv (output EMA)",
+    }
+    lines = stopping_lines(metrics)
+    assert lines[0] == "  wmv: reconstruction = output EMA at step 5"
+    assert lines[1] == "  stopped at step 9: its score had not improved for 4 steps since step 5"
+    assert stopping_lines({**metrics, "criterion": "fixed", "reports_detection": False}) == []

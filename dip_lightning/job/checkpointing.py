@@ -1,8 +1,9 @@
 """Checkpoints to resume a run from: ``checkpoints/last.ckpt`` in the run directory.
 
 A checkpoint is written only at a step boundary (the end of a step, after its callbacks and its
-evaluation), where the network, the optimiser, the EMA, the SGLD statistics, the stopping
-criterion and the random streams all describe the same step: every ``every_n_steps`` steps, at
+evaluation), where the network (and an operator fitted with it), the optimiser, the trajectory of
+the outputs (EMA, peak, curves), the SGLD statistics, the stopping criterion and the random
+streams all describe the same step: every ``every_n_steps`` steps, at
 the last step, and when a signal stops the run (see :mod:`dip_lightning.job.interrupt`). It is written
 to a temporary file and renamed, so ``last.ckpt`` is always a complete checkpoint; a full disk
 costs a warning, never the run. Resuming (``ckpt_path=<run dir or file>``) reads it with
@@ -20,7 +21,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from dip_lightning.errors import ConfigError, check_positive
+from dip_lightning.errors import ConfigError, check_int
 from dip_lightning.methods import resume_state
 from dip_lightning.methods.base import DeepImagePrior
 
@@ -42,9 +43,7 @@ class StepCheckpoint(pl.Callback):
     """
 
     def __init__(self, directory: str | Path, every_n_steps: int = 500, save_last: bool = True) -> None:
-        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int):
-            raise ConfigError("checkpoint.every_n_steps", every_n_steps, "must be an integer >= 0 (0: never)")
-        self.every_n_steps = int(check_positive("checkpoint.every_n_steps", every_n_steps, allow_zero=True))
+        self.every_n_steps = check_int("checkpoint.every_n_steps", every_n_steps, 0, extra=" (0: never)")
         self.save_last = bool(save_last)
         self.path = Path(directory) / LAST
         self.saved_step: int | None = None
@@ -142,12 +141,26 @@ def check_compatible(checkpoint: dict[str, Any], method: DeepImagePrior, path: P
     record = checkpoint[resume_state.KEY]
     problem = method.problem
     found = type(method).__name__
+    if record.get("format") != resume_state.FORMAT:
+        raise ConfigError(
+            SETTING,
+            str(path),
+            f"holds a checkpoint of format {record.get('format')}, and this version reads only format "
+            f"{resume_state.FORMAT}, as it writes into a run directory; start a new run",
+        )
     if record["method"] != found:
         raise ConfigError(
             SETTING,
             str(path),
             f"holds a {record['method']} run but the configured method is {found}; resume "
             "with the settings of the run that wrote it (its config.yaml)",
+        )
+    saved_replicates = int(record["trajectory"]["replicates"])
+    if saved_replicates != method.replicates:
+        raise ConfigError(
+            "method.replicates",
+            method.replicates,
+            f"the checkpoint {path} holds {saved_replicates} replicates; resume with the same number",
         )
     expected = {name: tuple(t.shape) for name, t in method.state_dict().items()}
     saved = {name: tuple(t.shape) for name, t in checkpoint["state_dict"].items()}

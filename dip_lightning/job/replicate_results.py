@@ -17,7 +17,6 @@ from torch import Tensor
 
 from dip_lightning.methods.base import DeepImagePrior
 from dip_lightning.methods.evaluation import evaluate_prediction
-from dip_lightning.methods.replicates import ReplicatedMixin
 from dip_lightning.metrics.uncertainty import uce
 from dip_lightning.physics.observation import InverseProblem
 
@@ -30,16 +29,15 @@ def replicate_report(
     Returns ``({}, {})`` for a method that is not replicated. Uses the predictions behind the last
     :meth:`predict_distribution` (the reported ensemble), so the numbers describe the same samples.
     """
-    if not isinstance(method, ReplicatedMixin):
+    replicas = method.replicas
+    if replicas is None:
         return {}, {}
-    predictions = method.last_replicate_predictions or method.replicate_predictions()
-    history = torch.stack(method.replica_psnr_history).cpu() if method.replica_psnr_history else None
+    predictions = replicas.last_predictions or replicas.predictions(method)
+    peaks = method.trajectory.replicate_peaks() or [{}] * replicas.count
     per_replicate = []
-    for k, (seed, prediction) in enumerate(zip(method.replicate_seeds, predictions)):
+    for seed, prediction, peak in zip(replicas.seeds, predictions, peaks):
         entry: dict[str, Any] = {"seed": seed, **evaluate_prediction(prediction, problem, method.calibration)}
-        if history is not None:
-            entry["peak_psnr"] = float(history[:, k].max())
-            entry["peak_step"] = int(history[:, k].argmax())
+        entry.update(peak)
         per_replicate.append(entry)
     metrics: dict[str, Any] = {"replicates": method.replicates, "per_replicate": per_replicate}
     for name in per_replicate[0]:

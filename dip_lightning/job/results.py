@@ -24,8 +24,7 @@ from dip_lightning.methods.prediction import Prediction
 from dip_lightning.metrics.image import psnr, ssim
 from dip_lightning.outputs import save_image, save_json, save_map, save_text
 from dip_lightning.physics.observation import InverseProblem
-from dip_lightning.stopping.callback import EarlyStopping
-from dip_lightning.stopping.criteria import FixedSteps
+from dip_lightning.stopping.callback import StoppingCallback
 from dip_lightning.tracking.image_logger import wandb_loggers
 from dip_lightning.viz.plots import calibration_diagram, save_figure
 
@@ -46,7 +45,9 @@ def is_image_shaped(problem: InverseProblem) -> bool:
     return tuple(problem.observation.shape[-2:]) == tuple(problem.image_shape)
 
 
-def choose_prediction(method: DeepImagePrior, stopping: EarlyStopping, status: str) -> tuple[Prediction, str]:
+def choose_prediction(
+    method: DeepImagePrior, stopping: StoppingCallback, status: str
+) -> tuple[Prediction, str]:
     """The prediction the run reports, and where it came from.
 
     A diverged network cannot be sampled: the last finite image it made is reported (see
@@ -59,42 +60,44 @@ def choose_prediction(method: DeepImagePrior, stopping: EarlyStopping, status: s
         return Prediction(mean, zeros, zeros.clone()), source
     prediction = method.predict_distribution()
     detected, kind = stopping.reported_image()
-    if not isinstance(stopping.criterion, FixedSteps) and detected is not None:
+    if stopping.reports_detection and detected is not None:
         prediction = dataclasses.replace(prediction, mean=detected.to(prediction.mean))
         suffix = " (output EMA)" if kind == "ema" else ""
         return prediction, f"stopping:{stopping.criterion.name}{suffix}"
     return prediction, method.reconstruction
 
 
-def last_finite_image(method: DeepImagePrior, stopping: EarlyStopping) -> tuple[torch.Tensor, str]:
+def last_finite_image(method: DeepImagePrior, stopping: StoppingCallback) -> tuple[torch.Tensor, str]:
     """The best image a diverged run still has: the output EMA, else the output of peak PSNR,
     else the stopping criterion's detection.
 
     With ``method.divergence_check_every`` > 1 non-finite outputs can reach the EMA before the
     divergence is seen, so each candidate is checked.
     """
+    trajectory = method.trajectory
     candidates = []
-    if method.ema is not None and method.ema.steps > 0:
-        candidates.append((method.ema.value, "ema_before_divergence"))
-    if int(method.peak_step) >= 0:
-        candidates.append((method.best_image, "peak_before_divergence"))
+    if trajectory.ema.steps > 0:
+        candidates.append((trajectory.ema.value, "ema_before_divergence"))
+    if int(trajectory.peak_step) >= 0:
+        candidates.append((trajectory.best_image, "peak_before_divergence"))
     detected = stopping.criterion.detected_image
     if detected is not None:
-        candidates.append((detected.to(method.best_image), "detected_before_divergence"))
+        candidates.append((detected.to(trajectory.best_image), "detected_before_divergence"))
     for image, source in candidates:
         if bool(torch.isfinite(image).all()):
             return image, source
-    return torch.zeros_like(method.best_image), "none_finite"
+    return torch.zeros_like(trajectory.best_image), "none_finite"
 
 
 def detection_metrics(
-    stopping: EarlyStopping, problem: InverseProblem, peak: dict[str, Any]
+    stopping: StoppingCallback, problem: InverseProblem, peak: dict[str, Any]
 ) -> dict[str, float]:
     """Quality of the raw output at the criterion's detected step, and how far below the peak it is.
 
     The method's peak tracks the raw output (not the EMA) under the same step numbers, so
-    ``detection_gap = peak_psnr - detected_psnr`` is >= 0 and 0 for the oracle. For ``fixed`` the
-    detected output is the last one, so the gap is what running to the end costs.
+    ``detection_gap = peak_psnr - detected_psnr`` is >= 0 and 0 for the oracle. For a rule that
+    reports no detection (``fixed``) the detected output is the last one, so the gap is what
+    running to the end costs.
     """
     image = stopping.criterion.detected_image
     truth = problem.ground_truth
@@ -187,7 +190,7 @@ def log_final(trainer: pl.Trainer, metrics: dict[str, Any], output_dir: Path, fi
 def finalise(
     method: DeepImagePrior,
     problem: InverseProblem,
-    stopping: EarlyStopping,
+    stopping: StoppingCallback,
     trainer: pl.Trainer,
     output_dir: Path,
     cfg: DictConfig,
@@ -214,7 +217,7 @@ def finalise(
     metrics.update(evaluate_prediction(prediction, problem, method.calibration))
     replicate_metrics, replicate_maps = replicate_report(method, problem)
     metrics.update(replicate_metrics)
-    peak = method.peak_summary()
+    peak = method.trajectory.peak_summary()
     metrics.update(peak)
     metrics.update(method.backtracking_summary())
     if "peak_psnr" in metrics and "psnr" in metrics:
@@ -238,7 +241,7 @@ def finalise(
     files += save_uncertainty(output_dir, prediction, problem.to("cpu"), method.calibration)
     for name, values in replicate_maps.items():
         files += save_map(output_dir, name, values)
-    files.append(save_json(output_dir / "curves.json", method.psnr_curves()))
+    files.append(save_json(output_dir / "curves.json", method.trajectory.psnr_curves()))
     files.append(save_json(output_dir / "metrics.json", metrics))
     if problem.intensity_transform is not None:
         files.append(save_json(output_dir / "transform.json", intensity_transform_record(problem)))
@@ -281,8 +284,11 @@ def print_summary(result: RunResult, problem: InverseProblem) -> None:
 
 
 def stopping_lines(m: dict[str, Any]) -> list[str]:
-    """The summary lines of an early-stopping run: which step is reported, where and why it stopped."""
-    if m.get("criterion") in (None, "fixed") or m.get("detected_step") is None:
+    """The summary lines of an early-stopping run: which step is reported, where and why it stopped.
+
+    None for a rule whose detection is not the reconstruction (``reports_detection`` false).
+    """
+    if not m.get("reports_detection") or m.get("detected_step") is None:
         return []
     what = "output EMA" if "(output EMA)" in str(m.get("reconstruction_source")) else "raw output"
     line = f"  {m['criterion']}: reconstruction = {what} at step {m['detected_step']}"

@@ -31,11 +31,11 @@ from dip_lightning.job.checkpointing import CHECKPOINT_DIR, StepCheckpoint, prep
 from dip_lightning.job.results import RunResult, finalise
 from dip_lightning.job.run_settings import check_run_settings, trainer_error
 from dip_lightning.methods.base import DeepImagePrior
-from dip_lightning.methods.replicates import replicated_method_config
+from dip_lightning.methods.replicates import check_stopping
 from dip_lightning.models.acceleration import accelerate, architecture, execution_settings
 from dip_lightning.physics.holdout import hold_out
 from dip_lightning.physics.observation import InverseProblem, make_observation
-from dip_lightning.stopping.callback import EarlyStopping
+from dip_lightning.stopping.callback import StoppingCallback
 from dip_lightning.tracking.wandb_setup import finish_wandb, make_wandb_logger, prepare_wandb_kwargs
 
 log = logging.getLogger(__name__)
@@ -114,11 +114,16 @@ def build_problem(cfg: DictConfig) -> InverseProblem:
 
 
 def build_method(cfg: DictConfig, problem: InverseProblem) -> DeepImagePrior:
-    """The configured method bound to ``problem``, its network set to run as ``model`` asks."""
+    """The configured method bound to ``problem``, its network set to run as ``model`` asks.
+
+    A replicated run (``method.replicates`` > 1) is checked against the stopping rule before any
+    network is built.
+    """
     prior_cfg = cfg.prior.get("image_prior")
     image_prior = build(prior_cfg) if prior_cfg else None
-    method_cfg = replicated_method_config(cfg)
-    method = build(method_cfg, net=build(architecture(cfg.model)), image_prior=image_prior)
+    method = build(cfg.method, net=build(architecture(cfg.model)), image_prior=image_prior)
+    if method.replicates > 1:
+        check_stopping(method.replicates, build(cfg.stopping.criterion))
     method.attach(problem)
     if cfg.get("calibration") is not None:
         method.calibration = build(cfg.calibration).check()
@@ -160,13 +165,13 @@ def declare_objective(cfg: DictConfig, wandb_logger: Any) -> None:
     define_objective(wandb_logger.experiment, objective.names, objective.directions)
 
 
-def build_callbacks(cfg: DictConfig, output_dir: Path) -> tuple[list[pl.Callback], EarlyStopping]:
+def build_callbacks(cfg: DictConfig, output_dir: Path) -> tuple[list[pl.Callback], StoppingCallback]:
     """The configured callbacks, the stopping rule, then the two that act at the step boundary.
 
     Their order matters: the signal check and the checkpoint come last, so that a checkpoint
     holds a step every other callback has finished with.
     """
-    stopping = EarlyStopping(build(cfg.stopping.criterion), report=cfg.stopping.get("report", "output"))
+    stopping = StoppingCallback(build(cfg.stopping.criterion), report=cfg.stopping.get("report", "output"))
     callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     checkpoint = StepCheckpoint(output_dir / CHECKPOINT_DIR, **(cfg.get("checkpoint") or {}))
     return [*callbacks, stopping, interrupt.StopOnSignal(), checkpoint], stopping
@@ -277,7 +282,7 @@ def run_job(cfg: DictConfig) -> float | tuple[float, ...]:
 def write_results(
     method: DeepImagePrior,
     problem: InverseProblem,
-    stopping: EarlyStopping,
+    stopping: StoppingCallback,
     trainer: pl.Trainer,
     output_dir: Path,
     cfg: DictConfig,

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import pytorch_lightning as pl
 import torch
@@ -25,18 +24,21 @@ from dip_lightning.errors import (
     DivergenceError,
     check_choice,
     check_in_range,
+    check_int,
     check_positive,
 )
 from dip_lightning.methods import resume_state
 from dip_lightning.methods.backtracking import Backtracking
-from dip_lightning.methods.evaluation import DEFAULT_CALIBRATION, Calibration, evaluate_prediction
-from dip_lightning.methods.network_input import make_network_input, perturb
-from dip_lightning.methods.prediction import Prediction, measurement_variance
-from dip_lightning.metrics.image import fast_psnr
-from dip_lightning.metrics.running import ExponentialMovingAverage
-from dip_lightning.models.layers import per_sample_norm
+from dip_lightning.methods.evaluation import DEFAULT_CALIBRATION, Calibration
+from dip_lightning.methods.network_input import perturb
+from dip_lightning.methods.network_setup import NetworkSetup
+from dip_lightning.methods.predictive import PredictiveDistribution
+from dip_lightning.methods.replicates import replicas_for
+from dip_lightning.methods.seeds import rank_seed
+from dip_lightning.methods.trajectory import StepRecord, Trajectory
 from dip_lightning.physics.holdout import observed_elements
 from dip_lightning.physics.observation import InverseProblem
+from dip_lightning.tracking import step_output
 from dip_lightning.tracking.step_logging import logs_this_step
 
 log = logging.getLogger(__name__)
@@ -44,39 +46,24 @@ log = logging.getLogger(__name__)
 LIKELIHOODS = ("mse", "nll")
 RECONSTRUCTIONS = ("ema", "last", "predictive_mean")
 LR_SCHEDULES = ("constant", "cosine")
-RANK_SEED_STRIDE = 1000
-"""Training-noise seed of rank r is ``seed * RANK_SEED_STRIDE + r``: distinct for up to 1000 ranks."""
 
 NetFactory = Callable[..., nn.Module]
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
 
-def rank_seed(seed: int, rank: int) -> int:
-    """Seed of one data-parallel rank's training noise (input perturbation, dropout, weight samples).
-
-    Every rank draws different noise, so that averaging their gradients averages over more Monte
-    Carlo samples, and a run is still reproducible; rank 0 of a data-parallel run draws the same
-    noise as a single-device run with the same seed.
-    """
-    return int(seed) * RANK_SEED_STRIDE + int(rank)
-
-
 def check_optimizer(optimizer: OptimizerFactory) -> None:
-    """Reject a negative learning rate or weight decay before any network is built.
+    """Reject a negative or non-finite learning rate or weight decay before any network is built.
 
     torch only complains when the optimiser is created, inside ``trainer.fit``, with a message
     that does not name the setting.
     """
     keywords = getattr(optimizer, "keywords", None) if isinstance(optimizer, functools.partial) else None
     for name in ("lr", "weight_decay"):
-        if keywords and name in keywords and keywords[name] is not None:
-            value = keywords[name]
-            if not isinstance(value, int | float) or isinstance(value, bool) or math.isinf(value):
-                raise ConfigError(f"method.optimizer.{name}", value, "must be a finite number >= 0")
-            check_positive(f"method.optimizer.{name}", float(value), allow_zero=True)
+        if keywords and keywords.get(name) is not None:
+            check_positive(f"method.optimizer.{name}", keywords[name], allow_zero=True)
 
 
-class DeepImagePrior(pl.LightningModule):
+class DeepImagePrior(NetworkSetup, PredictiveDistribution, pl.LightningModule):
     """Plain DIP: Adam on the MSE between A f(z) and y, with input perturbation and an output EMA.
 
     Args:
@@ -101,9 +88,20 @@ class DeepImagePrior(pl.LightningModule):
             restored with the optimiser's state, and the step is taken again at half the learning
             rate (``dip_lightning.methods.backtracking``; the DIP code's fallback used 5 dB).
             None disables it.
-        replicates: K independent networks trained as one (``dip_lightning.methods.replicates``);
-            this class trains one, the replicated variants more.
+        replicates: K independent networks trained as one, replicate k with seed ``seed + k``
+            (:mod:`dip_lightning.methods.replicates`); only methods whose class sets
+            :attr:`supports_replicates` accept K > 1.
+
+    The record of the outputs (EMA, latest output, peak, curves) is :attr:`trajectory`, built in
+    :meth:`attach`; ``training_step`` returns what the step produced under the keys of
+    :mod:`dip_lightning.tracking.step_output`, for the callbacks.
     """
+
+    supports_replicates: ClassVar[bool] = False
+    """Whether ``method.replicates=K`` may stack K runs of this method into one network: true only
+    when every random number the method draws in training goes through the replicas' own noise
+    streams (input perturbation, mean-field weight noise), so that replicate k is the run of seed
+    ``seed + k``."""
 
     def __init__(
         self,
@@ -124,6 +122,7 @@ class DeepImagePrior(pl.LightningModule):
         replicates: int = 1,
     ) -> None:
         super().__init__()
+        self.trajectory: Trajectory | None = None
         check_optimizer(optimizer)
         self.net_factory = net
         self.optimizer_factory = optimizer
@@ -147,34 +146,17 @@ class DeepImagePrior(pl.LightningModule):
         )
         self.backtracking: Backtracking | None = None
         self.seed = seed
-        if replicates != 1:
-            raise ConfigError(
-                "method.replicates",
-                replicates,
-                f"{type(self).__name__} trains one network; replicated runs are built by "
-                "dip_lightning.job.run.build_method (see dip_lightning.methods.replicates)",
-            )
-        self.replicates = 1
+        self.replicates = check_int("method.replicates", replicates, 1)
+        self.replicas = replicas_for(self) if self.replicates > 1 else None
         self.problem: InverseProblem | None = None
         self.net: nn.Module | None = None
-        self.latest_image: Tensor | None = None
-        self.latest_misfit: Tensor | None = None
-        self.latest_psnr: Tensor | None = None
-        self.ema: ExponentialMovingAverage | None = None
-        self.validation_history: list[dict[str, float]] = []
+        self.fitted_operator: nn.Module | None = None
+        """The problem's operator when it has parameters fitted with the image (a submodule then)."""
         self.resumed_record: dict[str, Any] | None = None
         self.calibration: Calibration = DEFAULT_CALIBRATION
         """How evaluations bin the UCE; the job sets it from the ``calibration`` config group."""
 
     # ------------------------------------------------------------------ set-up
-    @property
-    def uses_log_precision(self) -> bool:
-        return self.likelihood == "nll"
-
-    def network_kwargs(self) -> dict[str, Any]:
-        """Extra keyword arguments for the network factory; subclasses add layers or dropout."""
-        return {"log_precision_channel": self.uses_log_precision}
-
     def attach(self, problem: InverseProblem) -> DeepImagePrior:
         """Bind the method to a problem: build the input and the network for its image shape."""
         if self.uses_log_precision and not problem.operator.measurement_in_image_space:
@@ -187,62 +169,49 @@ class DeepImagePrior(pl.LightningModule):
                 f"method.likelihood=mse",
             )
         self.problem = problem
+        self.register_operator(problem.operator)
         if self.uses_log_precision:
             # The likelihood counts only measurement elements that depend on the image: a hole of
             # an inpainting mask says nothing about the noise level there.
             self.register_buffer("likelihood_mask", observed_elements(problem), persistent=False)
         self.register_buffer("net_input", self.build_input(self.seed))
         self.net = self.build_network(self.seed)
-        self.register_buffer("peak_psnr", torch.tensor(-math.inf))
-        self.register_buffer("peak_step", torch.tensor(-1, dtype=torch.long))
-        self.register_buffer("peak_ema_psnr", torch.tensor(-math.inf))
-        self.register_buffer("best_image", torch.zeros(1, problem.channels, *problem.image_shape))
-        self.ema = ExponentialMovingAverage(self.ema_decay)
+        if self.replicas is not None:
+            self.replicas.stack(self)
+        self.trajectory = Trajectory(problem, self.ema_decay, self.replicates)
         self.backtracking = None if self.backtrack_db is None else Backtracking(self.backtrack_db)
-        self.psnr_history: list[Tensor] = []
-        self.ema_psnr_history: list[Tensor] = []
-        self.validation_history = []
         return self
 
-    def build_input(self, seed: int) -> Tensor:
-        """The fixed network input z (1, C, H, W) of a run with ``seed``."""
-        problem, settings = self.problem, self.input_settings
-        pseudo_inverse = None
-        if settings["kind"] == "pseudo_inverse":
-            pseudo_inverse = problem.operator.pseudo_inverse(problem.observation).detach()
-        return make_network_input(
-            settings["kind"],
-            int(settings["channels"]),
-            problem.image_shape,
-            float(settings["scale"]),
-            seed,
-            pseudo_inverse,
-        )
+    def register_operator(self, operator: nn.Module) -> None:
+        """Fit the operator's parameters with the image when it has any (e.g. a blur kernel made by
+        a small network of its own, for blind deblurring).
 
-    def build_network(self, seed: int) -> nn.Module:
-        """A freshly initialised network whose weights depend on ``seed`` alone.
-
-        The initialisation draws from its own seeded stream, not from whatever the global
-        generator holds after the data and operator were built, so a run's network is the same
-        however it was set up (and replicate k of a replicated run is the network of seed k).
+        Registered as the submodule :attr:`fitted_operator`, the operator's parameters reach the
+        optimiser, follow the method's device, and are saved in (and resumed from) checkpoints
+        with the network. An operator without trainable parameters is left out: a CT operator's
+        system matrix would only make every checkpoint large.
         """
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net = self.net_factory(
-                in_channels=int(self.input_settings["channels"]),
-                out_channels=self.problem.channels,
-                **self.network_kwargs(),
-            )
-            self.initialise_network(net)
-        return net
+        if any(p.requires_grad for p in operator.parameters()):
+            self.fitted_operator = operator
 
-    def initialise_network(self, net: nn.Module) -> None:
-        """Re-draw weights after construction (MC dropout's N(0, std) init); nothing by default."""
+    def operator_parameters(self) -> list[nn.Parameter]:
+        """The operator's parameters fitted with the image; empty for a fixed operator."""
+        if self.fitted_operator is None:
+            return []
+        return [p for p in self.fitted_operator.parameters() if p.requires_grad]
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> DeepImagePrior:
+        """Move the trajectory's peak tensors with the module (``.to``, ``.cpu``, ``.double``)."""
+        super()._apply(fn, recurse)
+        if self.trajectory is not None:
+            self.trajectory.apply_to_peaks(fn)
+        return self
 
     def on_fit_start(self) -> None:
         if self.problem is None:
             raise RuntimeError("call attach(problem) before fitting")
         self.problem = self.problem.to(self.device)
+        self.trajectory.problem = self.problem
         # The network was initialised before fitting from the global seed, identically on every
         # rank; from here on each rank draws its own training noise.
         rank, world_size = self.global_rank, self.trainer.world_size
@@ -252,14 +221,22 @@ class DeepImagePrior(pl.LightningModule):
             log.info(
                 "data-parallel rank %d of %d: training noise seeded with %d", rank, world_size, noise_seed
             )
+        if self.replicas is not None:
+            self.replicas.reseed(rank, self.device)
 
     def on_train_start(self) -> None:
-        if self.resumed_record is not None:
-            resume_state.restore(self, self.resumed_record)
-            self.resumed_record = None
+        record, self.resumed_record = self.resumed_record, None
+        if record is None:
+            return
+        resume_state.restore(record, self.trajectory, self.device)
+        if self.replicas is not None and record["replica_noise"]:
+            self.replicas.noise.set_state(record["replica_noise"], self.device)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[resume_state.KEY] = resume_state.capture(self)
+        noise = None if self.replicas is None else self.replicas.noise.get_state()
+        checkpoint[resume_state.KEY] = resume_state.capture(
+            type(self).__name__, self.problem, self.trajectory, noise
+        )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Applied in on_train_start: on the training device, after on_fit_start seeded the noise.
@@ -278,7 +255,8 @@ class DeepImagePrior(pl.LightningModule):
             )
 
     def build_optimizer(self) -> torch.optim.Optimizer:
-        """The configured optimiser over every parameter; samplers build their own."""
+        """The configured optimiser over every parameter (a fitted operator's too); samplers
+        build their own."""
         return self.optimizer_factory(params=self.parameters())
 
     def configure_optimizers(self) -> Any:
@@ -304,17 +282,18 @@ class DeepImagePrior(pl.LightningModule):
     def data_fidelity(self, image: Tensor, log_precision: Tensor | None) -> Tensor:
         """MSE through the operator, or the heteroscedastic NLL with a predicted log-precision.
 
-        The NLL (mean of exp(s) r^2 - s) needs a measurement on the image's pixel grid (checked in
-        ``attach``) and counts only the observed elements, for the residual and for ``s`` alike:
-        a missing pixel has no residual, and its ``-s`` term alone would drive its precision to
-        the clamp.
+        Residuals enter as |A x - y|^2, so complex measurements (MRI k-space) work as real ones.
+        The NLL (mean of exp(s) |r|^2 - s) needs a measurement on the image's pixel grid (checked
+        in ``attach``) and counts only the observed elements, for the residual and for ``s``
+        alike: a missing pixel has no residual, and its ``-s`` term alone would drive its
+        precision to the clamp.
         """
         problem = self.problem
-        residual = problem.operator(image) - problem.observation
+        residual_sq = (problem.operator(image) - problem.observation).abs().pow(2)
         if log_precision is None:
-            return problem.training_mean(residual.pow(2))
+            return problem.training_mean(residual_sq)
         s = log_precision.clamp(-self.log_precision_clamp, self.log_precision_clamp)
-        return problem.training_mean(torch.exp(s) * residual.pow(2) - s, self.likelihood_mask)
+        return problem.training_mean(torch.exp(s) * residual_sq - s, self.likelihood_mask)
 
     def extra_loss(self) -> Tensor | None:
         """Loss terms on the weights (the KL of MFVI); none for plain DIP."""
@@ -322,9 +301,13 @@ class DeepImagePrior(pl.LightningModule):
 
     def perturbed_input(self) -> Tensor:
         """This step's network input: z plus fresh Gaussian noise of ``perturbation_std``."""
-        return perturb(self.net_input, float(self.input_settings["perturbation_std"]))
+        std = float(self.input_settings["perturbation_std"])
+        if self.replicas is not None:
+            return self.replicas.perturb(self.net_input, std)
+        return perturb(self.net_input, std)
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> step_output.StepOutput:
+        """One step: the loss (key ``loss``) and what the step produced, for the callbacks."""
         z = self.perturbed_input()
         image, log_precision = self(z)
         loss = self.data_fidelity(image, log_precision)
@@ -338,13 +321,22 @@ class DeepImagePrior(pl.LightningModule):
             loss = loss + regulariser
         extra = self.extra_loss()
         if extra is not None:
+            if self.replicas is not None:
+                extra = extra / self.replicates  # a sum over all replicates' weights: their mean
             self.log_step("train/weight_prior", extra.detach())
             loss = loss + extra
         if self.global_step % self.divergence_check_every == 0 and not torch.isfinite(loss):
             raise DivergenceError(self.global_step, "loss")
         self.log_step("train/loss", loss.detach())
-        self.track_output(image.detach())
-        return loss
+        record = self.track_output(image.detach())
+        return step_output.step_output(loss, record.image, record.misfit, record.psnr, record.ema)
+
+    def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        """Back-propagate the loss; for replicates their sum (the loss is their mean), which gives
+        every replicate its own gradient."""
+        if self.replicas is not None:
+            loss = loss * self.replicates
+        super().backward(loss, *args, **kwargs)
 
     def collapsed_and_restored(self, loss: Tensor) -> bool:
         """Let backtracking judge this step's loss; True when it put the previous weights back."""
@@ -377,109 +369,15 @@ class DeepImagePrior(pl.LightningModule):
         if self.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.parameters(), self.grad_clip)
 
-    # ------------------------------------------------------------------ tracking
-    def track_output(self, image: Tensor) -> None:
-        """Per-step bookkeeping on the device, without host syncs: EMA, misfit, PSNR, peak."""
-        problem = self.problem
-        self.latest_image = image
-        self.latest_misfit = torch.linalg.vector_norm(problem.operator(image) - problem.observation)
-        self.ema.update(image)
-        ema = self.ema.value
-        self.log_step("train/misfit", self.latest_misfit)
-        if problem.ground_truth is None:
-            self.latest_psnr = None
-            return
-        psnr = fast_psnr(image, problem.ground_truth)
-        ema_psnr = fast_psnr(ema, problem.ground_truth)
-        self.latest_psnr = psnr
-        is_better = psnr > self.peak_psnr
-        self.best_image.copy_(torch.where(is_better, image, self.best_image))
-        self.peak_step.copy_(torch.where(is_better, self.global_step, self.peak_step))
-        self.peak_psnr.copy_(torch.maximum(psnr, self.peak_psnr))
-        self.peak_ema_psnr.copy_(torch.maximum(ema_psnr, self.peak_ema_psnr))
-        self.psnr_history.append(psnr)
-        self.ema_psnr_history.append(ema_psnr)
-        self.log_step("train/psnr", psnr)
-        self.log_step("train/psnr_ema", ema_psnr)
-
-    def psnr_curves(self) -> dict[str, Any]:
-        """The curves of ``curves.json``: PSNR of the output and of its EMA at every step (one host
-        copy at the end) and, under ``validation``, the step and metrics of every evaluation."""
-        curves: dict[str, Any] = {}
-        for name, history in (("psnr", self.psnr_history), ("psnr_ema", self.ema_psnr_history)):
-            curves[name] = torch.stack(history).cpu().tolist() if history else []
-        curves["validation"] = self.validation_curve()
-        return curves
-
-    def validation_curve(self) -> dict[str, list[float | None]]:
-        """The evaluations during training as columns: ``step`` and one list per metric."""
-        names: list[str] = []
-        for entry in self.validation_history:
-            names += [name for name in entry if name not in names]
-        return {name: [entry.get(name) for entry in self.validation_history] for name in names}
-
-    # ------------------------------------------------------------------ prediction
-    @torch.no_grad()
-    def sample_outputs(self, num_samples: int) -> tuple[Tensor, Tensor | None]:
-        """Draw ``num_samples`` network outputs in one batched pass on the unperturbed input.
-
-        Normalisation layers use each sample's own statistics, exactly as training (batch of one)
-        does, and their running statistics are left alone.
-        """
-        z = self.net_input.repeat_interleave(num_samples, dim=0)  # replicate-major if replicated
-        with per_sample_norm(self.net):
-            output = self.net(z)
-        return self.split_output(output)
-
-    @torch.no_grad()
-    def predict_distribution(self) -> Prediction:
-        """The predictive mean and variances at the current state of training."""
-        images, log_precision = self.sample_outputs(self.num_samples)
-        mean = images.mean(dim=0, keepdim=True)
-        epistemic = images.var(dim=0, unbiased=False, keepdim=True)
-        aleatoric = self.aleatoric_variance(log_precision)
-        if self.reconstruction == "ema" and self.ema is not None and self.ema.steps > 0:
-            mean = self.ema.value
-        elif self.reconstruction == "last" and self.latest_image is not None:
-            mean = self.latest_image
-        return Prediction(
-            mean=mean,
-            epistemic=epistemic,
-            aleatoric=aleatoric,
-            measurement_epistemic=measurement_variance(images, self.problem.operator),
-        )
-
-    def aleatoric_variance(self, log_precision: Tensor | None) -> Tensor:
-        """Mean over samples of exp(-s), broadcast to the image channels; zero without a channel."""
-        shape = (1, self.problem.channels, *self.problem.image_shape)
-        if log_precision is None:
-            return torch.zeros(shape, device=self.net_input.device)
-        s = log_precision.clamp(-self.log_precision_clamp, self.log_precision_clamp)
-        return torch.exp(-s).mean(dim=0, keepdim=True).expand(shape)
-
-    # ------------------------------------------------------------------ evaluation
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        """Evaluate the predictive distribution (every ``check_val_every_n_epoch`` steps).
-
-        Logged as ``val/*`` at the current step (averaged over ranks in data-parallel runs) and
-        kept in ``validation_history`` for the curves file.
-        """
-        metrics = evaluate_prediction(self.predict_distribution(), self.problem, self.calibration)
-        distributed = self.trainer.world_size > 1
-        for name, value in metrics.items():
-            self.log(f"val/{name}", value, on_step=False, on_epoch=True, sync_dist=distributed)
-        self.validation_history.append({"step": int(self.global_step), **metrics})
+    def track_output(self, image: Tensor) -> StepRecord:
+        """Record this step's detached output in the trajectory and log its misfit and PSNR."""
+        record = self.trajectory.record(self.global_step, image)
+        self.log_step("train/misfit", record.misfit)
+        if record.psnr is not None:
+            self.log_step("train/psnr", record.psnr)
+            self.log_step("train/psnr_ema", record.ema_psnr)
+        return record
 
     def backtracking_summary(self) -> dict[str, int]:
         """How many steps were taken again after a collapse (metrics.json ``backtracks``)."""
         return {} if self.backtracking is None else {"backtracks": self.backtracking.restores}
-
-    def peak_summary(self) -> dict[str, float]:
-        """Peak PSNR of the output and of the EMA over the run, with the step of the peak."""
-        if self.problem is None or self.problem.ground_truth is None or self.peak_step.item() < 0:
-            return {}
-        return {
-            "peak_psnr": float(self.peak_psnr),
-            "peak_step": int(self.peak_step),
-            "peak_psnr_ema": float(self.peak_ema_psnr),
-        }

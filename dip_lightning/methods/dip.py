@@ -7,3 +7,5 @@ from dip_lightning.methods.base import DeepImagePrior
 
 class DIP(DeepImagePrior):
     """Adam on ||A f(z) - y||^2 with input perturbation; reports the output EMA by default."""
+
+    supports_replicates = True

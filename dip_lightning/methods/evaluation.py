@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import Tensor
 
-from dip_lightning.errors import ConfigError
+from dip_lightning.errors import ConfigError, check_in_range, check_int
 from dip_lightning.methods.prediction import Prediction
 from dip_lightning.metrics.image import psnr, ssim
 from dip_lightning.metrics.uncertainty import calibration_curve, gaussian_nll, uce
@@ -43,10 +43,8 @@ class Binning:
     min_occupancy: float = 0.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.bins, bool) or not isinstance(self.bins, int) or self.bins < 1:
-            raise ConfigError("calibration.bins", self.bins, "must be an integer >= 1")
-        if isinstance(self.min_occupancy, bool) or not 0.0 <= float(self.min_occupancy) < 1.0:
-            raise ConfigError("calibration.min_occupancy", self.min_occupancy, "must be a number in [0, 1)")
+        check_int("calibration.bins", self.bins, 1)
+        check_in_range("calibration.min_occupancy", self.min_occupancy, 0.0, 1.0)
 
 
 @dataclass(frozen=True)

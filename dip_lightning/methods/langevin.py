@@ -16,20 +16,21 @@ N / (2 sigma^2) times the mean squared residual (see :class:`~dip_lightning.meth
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from dip_lightning.errors import ConfigError
+from dip_lightning.errors import check_in_range, check_positive
 
 
 class LangevinDynamics(torch.optim.Optimizer):
     """One Langevin step per call: gradient drift on U plus Gaussian noise of variance 2 lr G T.
 
     Args:
-        params: the parameters to sample.
+        params: the parameters to sample, or parameter groups (a group may set its own
+            ``temperature``, e.g. 0 for parameters that are fitted, not sampled).
         lr: the step size (half the epsilon of Welling and Teh).
         weight_decay: precision of the zero-mean Gaussian weight prior.
         preconditioned: use pSGLD's RMSprop preconditioner.
@@ -39,7 +40,7 @@ class LangevinDynamics(torch.optim.Optimizer):
 
     def __init__(
         self,
-        params: Iterable[Tensor],
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         preconditioned: bool = True,
@@ -48,10 +49,9 @@ class LangevinDynamics(torch.optim.Optimizer):
         temperature: float = 1.0,
     ) -> None:
         for name, value in (("lr", lr), ("weight_decay", weight_decay), ("temperature", temperature)):
-            if not (math.isfinite(float(value)) and float(value) >= 0):
-                raise ConfigError(f"method.langevin.{name}", value, "must be a finite number >= 0")
-        if not 0.0 <= alpha < 1.0 or not eps > 0:
-            raise ConfigError("method.langevin.alpha", alpha, "alpha must lie in [0, 1) and eps be > 0")
+            check_positive(f"method.langevin.{name}", value, allow_zero=True)
+        check_in_range("method.langevin.alpha", alpha, 0.0, 1.0)
+        check_positive("method.langevin.eps", eps)
         defaults = {
             "lr": float(lr),
             "weight_decay": float(weight_decay),

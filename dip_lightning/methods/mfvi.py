@@ -8,12 +8,11 @@ samples of the predictive distribution are one batched forward pass.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from torch import Tensor
 
-from dip_lightning.errors import ConfigError, check_positive
+from dip_lightning.errors import check_finite, check_positive
 from dip_lightning.methods.base import DeepImagePrior
 from dip_lightning.models.bayesian import kl_divergence, mean_field_conv_factory
 
@@ -32,6 +31,8 @@ class MeanFieldDIP(DeepImagePrior):
     aleatoric variance; ``likelihood=nll`` adds the channel and trains it.
     """
 
+    supports_replicates = True  # the weight noise is drawn through the replicas' own streams
+
     def __init__(
         self,
         *args: Any,
@@ -46,17 +47,12 @@ class MeanFieldDIP(DeepImagePrior):
         kwargs.setdefault("reconstruction", "predictive_mean")
         kwargs.setdefault("num_samples", 25)
         super().__init__(*args, **kwargs)
-        if not math.isfinite(prior_mu):
-            raise ConfigError("prior.mu", prior_mu, "must be a finite number")
-        if not (prior_sigma > 0 and math.isfinite(prior_sigma)):
-            raise ConfigError("prior.sigma", prior_sigma, "must be a finite number > 0")
-        self.prior_mu = float(prior_mu)
-        self.prior_sigma = float(prior_sigma)
+        self.prior_mu = float(check_finite("prior.mu", prior_mu))
+        self.prior_sigma = float(check_positive("prior.sigma", prior_sigma))
         self.kl_weight = float(check_positive("method.kl_weight", kl_weight, allow_zero=True))
         check_positive("method.mu_init_std", mu_init_std, allow_zero=True)
         check_positive("method.rho_init_std", rho_init_std, allow_zero=True)
-        if not math.isfinite(rho_init_mean):
-            raise ConfigError("method.rho_init_mean", rho_init_mean, "must be a finite number")
+        check_finite("method.rho_init_mean", rho_init_mean)
         self.posterior_init = {
             "mu_init_std": float(mu_init_std),
             "rho_init_mean": float(rho_init_mean),

@@ -15,6 +15,13 @@ the iterates, not a posterior variance. ``sgld`` and ``psgld`` sample the poster
 instead (:mod:`dip_lightning.methods.langevin`): the loss becomes the negative log-posterior, the
 data term scaled to N / (2 sigma^2) times the mean squared residual, with sigma the known noise
 level of the measurement (or ``likelihood_std``), and the optimiser adds the noise.
+
+An operator fitted with the image (:meth:`DeepImagePrior.register_operator`, e.g. a blur kernel
+of blind deblurring) is a point estimate, not sampled: the Langevin noise goes to the image
+network's weights only. With ``reference`` the configured optimiser steps the operator's
+parameters with the network's and the noise is added to the network alone; with ``sgld`` /
+``psgld`` they take the same (preconditioned) gradient step at temperature 0 (no noise) and
+without the weight prior.
 """
 
 from __future__ import annotations
@@ -26,11 +33,14 @@ import torch
 from torch import Tensor, nn
 
 from dip_lightning.errors import ConfigError, check_choice, check_positive
-from dip_lightning.methods.base import RANK_SEED_STRIDE, DeepImagePrior
+from dip_lightning.methods.base import DeepImagePrior
 from dip_lightning.methods.langevin import LangevinDynamics
 from dip_lightning.methods.prediction import Prediction
+from dip_lightning.methods.seeds import RANK_SEED_STRIDE
+from dip_lightning.methods.trajectory import StepRecord
 from dip_lightning.metrics.running import RunningMoments
 from dip_lightning.physics.holdout import observed_elements
+from dip_lightning.tracking import step_output
 
 log = logging.getLogger(__name__)
 
@@ -164,18 +174,27 @@ class SGLDDIP(DeepImagePrior):
             return super().build_optimizer()
         # The configured weight decay is the precision of the Gaussian weight prior.
         weight_decay = getattr(self.optimizer_factory, "keywords", {}).get("weight_decay") or 0.0
+        operator = self.operator_parameters()
+        params: Any = self.parameters()
+        if operator:
+            # The operator's parameters are a point estimate: no Langevin noise, no weight prior.
+            ids = {id(p) for p in operator}
+            image = [p for p in self.parameters() if id(p) not in ids]
+            params = [{"params": image}, {"params": operator, "temperature": 0.0, "weight_decay": 0.0}]
         return LangevinDynamics(
-            self.parameters(),
+            params,
             lr=self.langevin_step,
             weight_decay=float(weight_decay),
             preconditioned=self.langevin == "psgld",
             temperature=self.temperature,
         )
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> step_output.StepOutput:
         """The reference's loss, or the negative log-posterior's data part for the samplers."""
-        loss = super().training_step(batch, batch_idx)
-        return loss * self.posterior_scale if self.samples_posterior else loss
+        outputs = super().training_step(batch, batch_idx)
+        if self.samples_posterior:
+            outputs[step_output.LOSS] = outputs[step_output.LOSS] * self.posterior_scale
+        return outputs
 
     def langevin_generator(self, device: torch.device) -> torch.Generator:
         """The Langevin noise stream on ``device``: the same on every rank."""
@@ -208,12 +227,13 @@ class SGLDDIP(DeepImagePrior):
     def is_sample_step(self, step: int) -> bool:
         return step >= self.burn_in and (step - self.burn_in) % self.sample_every == 0
 
-    def track_output(self, image: Tensor) -> None:
-        super().track_output(image)
+    def track_output(self, image: Tensor) -> StepRecord:
+        record = super().track_output(image)
         if self.is_sample_step(self.global_step):
             self.samples.update(image)
             with torch.no_grad():
                 self.measurement_samples.update(self.problem.operator(image))
+        return record
 
     @torch.no_grad()
     def predict_distribution(self) -> Prediction:

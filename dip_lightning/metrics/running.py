@@ -23,11 +23,17 @@ def _check_shape(expected: torch.Size, got: torch.Size, what: str) -> None:
         raise ValueError(f"{what} must have shape {tuple(expected)}, got {tuple(got)}")
 
 
+def _accumulator(x: Tensor) -> torch.dtype:
+    """float64, or complex128 for complex samples (measurements such as MRI k-space)."""
+    return torch.complex128 if x.is_complex() else torch.float64
+
+
 class RunningMoments:
     """Running per-element mean and population variance (Welford, merged with Chan et al.).
 
     Accumulators are float64 on the device of the first update, so that averaging thousands of
-    float32 samples does not lose precision. ``mean`` and ``variance`` are returned in float64.
+    float32 samples does not lose precision. ``mean`` and ``variance`` are returned in float64
+    (the mean in complex128 for complex samples; their variance is the mean of |x - mean|^2).
     """
 
     def __init__(self) -> None:
@@ -51,19 +57,19 @@ class RunningMoments:
         n_b = xs.shape[0]
         if n_b == 0:
             return
-        xs = xs.detach().to(torch.float64)
+        xs = xs.detach().to(_accumulator(xs))
         if self._mean is None or self._m2 is None:
-            self._mean = torch.zeros(xs.shape[1:], dtype=torch.float64, device=xs.device)
-            self._m2 = torch.zeros_like(self._mean)
+            self._mean = torch.zeros(xs.shape[1:], dtype=xs.dtype, device=xs.device)
+            self._m2 = torch.zeros(xs.shape[1:], dtype=torch.float64, device=xs.device)
         _check_shape(self._mean.shape, xs.shape[1:], "each sample")
         xs = xs.to(self._mean.device)
         mean_b = xs.mean(dim=0)
-        m2_b = (xs - mean_b).square().sum(dim=0)
+        m2_b = (xs - mean_b).abs().square().sum(dim=0)
         n_a = self._count
         n = n_a + n_b
         delta = mean_b - self._mean
         self._mean = self._mean + delta * (n_b / n)
-        self._m2 = self._m2 + m2_b + delta.square() * (n_a * n_b / n)
+        self._m2 = self._m2 + m2_b + delta.abs().square() * (n_a * n_b / n)
         self._count = n
 
     def _require_samples(self) -> tuple[Tensor, Tensor]:
@@ -100,7 +106,7 @@ class RunningMoments:
             raise ValueError(f"inconsistent RunningMoments state: count={count} with mean/m2 present")
         if mean is not None and m2 is not None:
             _check_shape(mean.shape, m2.shape, "m2")
-            mean, m2 = mean.to(torch.float64).clone(), m2.to(torch.float64).clone()
+            mean, m2 = mean.to(_accumulator(mean)).clone(), m2.to(torch.float64).clone()
         self._count, self._mean, self._m2 = count, mean, m2
 
 

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from dip_lightning.errors import ConfigError, check_positive
+from dip_lightning.errors import check_in_range, check_int, check_positive
 from dip_lightning.metrics.image import check_same_shape
 
 __all__ = [
@@ -26,9 +26,7 @@ __all__ = [
 
 def _check_bins(bins: int) -> int:
     """Bins must be a positive integer; a float or bool would silently change the edges."""
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
-        raise ConfigError("metrics.uce_bins", bins, "must be an integer >= 1")
-    return bins
+    return check_int("metrics.uce_bins", bins, 1)
 
 
 def _binned_sums(error_sq: Tensor, variance: Tensor, bins: int) -> dict[str, Tensor]:
@@ -58,9 +56,7 @@ def _binned_sums(error_sq: Tensor, variance: Tensor, bins: int) -> dict[str, Ten
 
 
 def _check_occupancy(min_occupancy: float) -> float:
-    if isinstance(min_occupancy, bool) or not (0.0 <= float(min_occupancy) < 1.0):
-        raise ConfigError("calibration.min_occupancy", min_occupancy, "must be a number in [0, 1)")
-    return float(min_occupancy)
+    return float(check_in_range("calibration.min_occupancy", min_occupancy, 0.0, 1.0))
 
 
 def _kept_bins(counts: Tensor, total: int, min_occupancy: float) -> Tensor:
@@ -110,7 +106,7 @@ def calibration_curve(
 
 
 def gaussian_nll(target: Tensor, mean: Tensor, variance: Tensor, eps: float = 1e-10) -> Tensor:
-    """Mean over pixels of the Gaussian negative log-likelihood 0.5 (log 2 pi var + (t-m)^2 / var).
+    """Mean over pixels of the Gaussian negative log-likelihood 0.5 (log 2 pi var + |t-m|^2 / var).
 
     The variance is floored at ``eps`` so a zero predicted variance gives a large finite value
     rather than inf/NaN.
@@ -119,11 +115,11 @@ def gaussian_nll(target: Tensor, mean: Tensor, variance: Tensor, eps: float = 1e
     check_same_shape(target, variance, ("target", "variance"))
     check_positive("metrics.nll_eps", eps)
     var = variance.clamp_min(eps)
-    return 0.5 * (torch.log(2.0 * math.pi * var) + (target - mean).square() / var).mean()
+    return 0.5 * (torch.log(2.0 * math.pi * var) + (target - mean).abs().square() / var).mean()
 
 
 def heteroscedastic_nll(target: Tensor, mean: Tensor, log_precision: Tensor, clamp: float = 20.0) -> Tensor:
-    """Mean of exp(s) (t - mu)^2 - s with s = log precision clamped to [-clamp, clamp].
+    """Mean of exp(s) |t - mu|^2 - s with s = log precision clamped to [-clamp, clamp].
 
     This is the MC-dropout DIP training loss; it equals twice the Gaussian NLL with variance
     exp(-s), minus the constant log(2 pi). The clamp keeps exp(s) finite early in training.
@@ -132,7 +128,7 @@ def heteroscedastic_nll(target: Tensor, mean: Tensor, log_precision: Tensor, cla
     check_same_shape(target, log_precision, ("target", "log_precision"))
     check_positive("metrics.log_precision_clamp", clamp)
     s = log_precision.clamp(-clamp, clamp)
-    return (torch.exp(s) * (target - mean).square() - s).mean()
+    return (torch.exp(s) * (target - mean).abs().square() - s).mean()
 
 
 def predictive_moments(

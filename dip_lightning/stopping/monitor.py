@@ -2,15 +2,16 @@
 
 Criteria never change the training itself (they consume no random numbers and touch no weights),
 so a run that goes to ``max_steps`` passes through exactly the outputs that a run stopped by any
-one criterion would have seen up to its stop. Each criterion here is fed the same
-``latest_image`` / ``latest_misfit`` / ``latest_psnr`` as the
-:class:`~dip_lightning.stopping.callback.EarlyStopping` callback feeds it, and is frozen at the
-step where its own rule would have stopped the run, so its detection is the one a separate run
-with that criterion would report. One run per image then measures every criterion at once.
+one criterion would have seen up to its stop. Each criterion here is fed the same step outputs
+(image, misfit, PSNR of :mod:`dip_lightning.tracking.step_output`) as the
+:class:`~dip_lightning.stopping.callback.StoppingCallback` feeds it, and is frozen at the step
+where its own rule would have stopped the run, so its detection is the one a separate run with
+that criterion would report. One run per image then measures every criterion at once.
 
 The monitor never stops training. At the end of fitting it writes a JSON file with, per
-criterion, the :meth:`EarlyStopping.summary` keys and the PSNR/SSIM of the detected image when the
-ground truth is known, plus the run's peak PSNR (``peak_psnr``, ``peak_step``).
+criterion, the :meth:`StoppingCallback.summary` keys and the PSNR/SSIM of the detected image when
+the ground truth is known, plus the run's peak PSNR (``peak_psnr``, ``peak_step``) from the
+method's trajectory.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import pytorch_lightning as pl
 
 from dip_lightning.metrics.image import psnr, ssim
 from dip_lightning.outputs import save_json
-from dip_lightning.stopping.callback import EarlyStopping
-from dip_lightning.stopping.criteria import StoppingCriterion
+from dip_lightning.stopping.base import StoppingCriterion
+from dip_lightning.stopping.callback import StoppingCallback
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class StoppingMonitor(pl.Callback):
     def __init__(self, criteria: Mapping[str, StoppingCriterion], path: str | Path | None = None) -> None:
         if not criteria:
             raise ValueError("StoppingMonitor needs at least one criterion")
-        self.watchers = {str(name): EarlyStopping(criterion) for name, criterion in criteria.items()}
+        self.watchers = {str(name): StoppingCallback(criterion) for name, criterion in criteria.items()}
         self.path = None if path is None else Path(path)
         self.results: dict[str, Any] = {}
 
@@ -59,7 +60,7 @@ class StoppingMonitor(pl.Callback):
     ) -> None:
         for watcher in self.watchers.values():
             if not watcher.stopped_early:
-                watcher.observe(trainer, pl_module)
+                watcher.observe(trainer, outputs)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.results = self.summarise(pl_module)
@@ -71,7 +72,8 @@ class StoppingMonitor(pl.Callback):
         """Per criterion: its summary and, with a ground truth, the quality of its detection."""
         problem = pl_module.problem
         truth = None if problem is None else problem.ground_truth
-        peak = pl_module.peak_summary() if hasattr(pl_module, "peak_summary") else {}
+        trajectory = getattr(pl_module, "trajectory", None)
+        peak = {} if trajectory is None else trajectory.peak_summary()
         results: dict[str, Any] = {"steps": int(pl_module.global_step), **peak, "criteria": {}}
         for name, watcher in self.watchers.items():
             entry = watcher.summary()

@@ -1,11 +1,16 @@
-"""Log images of the reconstruction, observation and truth to W&B every N steps."""
+"""Log images of the reconstruction, observation and truth to W&B every N steps.
+
+The step's output and its EMA come from what ``training_step`` returned (Lightning's ``outputs``,
+keys of :mod:`dip_lightning.tracking.step_output`); the observation and the truth from the problem.
+"""
 
 from __future__ import annotations
 
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import WandbLogger
 
-from dip_lightning.errors import check_positive
+from dip_lightning.errors import check_int
+from dip_lightning.tracking import step_output
 from dip_lightning.viz.maps import to_display
 
 
@@ -21,7 +26,7 @@ class ImageLogger(pl.Callback):
     """
 
     def __init__(self, every_n_steps: int = 500) -> None:
-        self.every_n_steps = int(check_positive("callbacks.image_logger.every_n_steps", every_n_steps))
+        self.every_n_steps = check_int("callbacks.image_logger.every_n_steps", every_n_steps, 1)
         self._static_logged = False
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -29,11 +34,12 @@ class ImageLogger(pl.Callback):
         step = trainer.global_step
         if not loggers or step % self.every_n_steps != 0 or trainer.global_rank != 0:
             return
-        problem = pl_module.problem
-        images = {"images/output": pl_module.latest_image}
-        if pl_module.ema is not None and pl_module.ema.steps > 0:
-            images["images/output_ema"] = pl_module.ema.value
+        images = {"images/output": step_output.output_image(outputs, "ImageLogger")}
+        ema = step_output.value(outputs, step_output.EMA)
+        if ema is not None:
+            images["images/output_ema"] = ema
         if not self._static_logged:
+            problem = pl_module.problem
             images["images/pseudo_inverse"] = problem.operator.pseudo_inverse(problem.observation)
             if problem.ground_truth is not None:
                 images["images/ground_truth"] = problem.ground_truth

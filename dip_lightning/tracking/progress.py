@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 import pytorch_lightning as pl
 
-from dip_lightning.errors import ConfigError
+from dip_lightning.errors import check_choice, check_int
 
 MODES = ("auto", "bar", "lines", "none")
 BAR_WIDTH = 20
@@ -47,14 +47,9 @@ class ProgressReport(pl.Callback):
     def __init__(
         self, every_n_steps: int = 250, mode: str = "auto", bar_every: int = 10, stream: TextIO | None = None
     ) -> None:
-        if mode not in MODES:
-            raise ConfigError("callbacks.progress.mode", mode, f"must be one of {', '.join(MODES)}")
-        for name, value in (("every_n_steps", every_n_steps), ("bar_every", bar_every)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"callbacks.progress.{name}", value, "must be an integer >= 1")
-        self.every_n_steps = every_n_steps
-        self.bar_every = bar_every
-        self.mode = mode
+        self.mode = str(check_choice("callbacks.progress.mode", mode, MODES))
+        self.every_n_steps = check_int("callbacks.progress.every_n_steps", every_n_steps, 1)
+        self.bar_every = check_int("callbacks.progress.bar_every", bar_every, 1)
         self._stream = stream
         self._start_time = 0.0
         self._start_step = 0

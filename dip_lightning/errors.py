@@ -29,8 +29,11 @@ class ConfigError(DipError, ValueError):
 class InputFileError(DipError, OSError):
     """An input file is missing, unreadable, of an unknown type or holds unusable data.
 
-    ``setting`` is the setting that named the file (``data.path``, ``operator.mask_path``) when
-    known; :meth:`for_setting` adds it where the caller knows it and the reader did not.
+    ``setting`` names what gave the file. A component (an operator, a data source) names its own
+    parameter (``mask_path``) when it raises; the job that built the component from a config
+    group adds the group (:meth:`in_group`: ``operator.mask_path``), so no code outside the
+    component needs to know its parameter names. :meth:`for_setting` adds a name where the caller
+    knows it and the reader did not.
     """
 
     def __init__(self, path: object, reason: str, setting: str | None = None) -> None:
@@ -43,6 +46,18 @@ class InputFileError(DipError, OSError):
     def for_setting(self, setting: str) -> InputFileError:
         """This error naming ``setting``, unless it already names one."""
         return self if self.setting else InputFileError(self.path, self.reason, setting)
+
+    def in_group(self, group: str, parameter: str | None = None) -> InputFileError:
+        """This error as the command line spells it, for a component built from config ``group``.
+
+        The component's own parameter name (or else ``parameter``, when the caller found which one
+        held the file) is prefixed with ``group``: ``mask_path`` -> ``operator.mask_path``; with
+        neither, the group itself is named. A setting that already starts with ``group.`` stays.
+        """
+        if self.setting and self.setting.startswith(f"{group}."):
+            return self
+        name = self.setting or parameter
+        return InputFileError(self.path, self.reason, f"{group}.{name}" if name else group)
 
 
 class OutputWriteError(DipError, OSError):

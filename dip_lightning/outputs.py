@@ -11,13 +11,17 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from PIL import Image
 from torch import Tensor
 
-from dip_lightning.viz.maps import colourise, to_display
+from dip_lightning.viz.maps import colourise, measurement_display, to_display
+
+if TYPE_CHECKING:
+    from dip_lightning.physics.base import ForwardOperator
 
 
 def atomic_write(path: Path, write: Any, suffix: str) -> Path:
@@ -45,6 +49,26 @@ def save_image(directory: Path, name: str, image: Tensor, stretch: bool = False)
         Path(directory) / f"{name}.npy", lambda tmp: np.save(tmp, pixels.squeeze(0).numpy()), ".npy"
     )
     display = to_display(pixels, stretch=stretch)
+    png = atomic_write(
+        Path(directory) / f"{name}.png", lambda tmp: Image.fromarray(display).save(tmp, format="PNG"), ".png"
+    )
+    return [npy, png]
+
+
+def save_measurement(
+    directory: Path, name: str, measurement: Tensor, operator: ForwardOperator
+) -> list[Path]:
+    """Save a measurement (1, C, ...) as ``name.npy`` (raw values) and ``name.png``.
+
+    The ``.npy`` keeps complex values complex (complex64); the PNG shows the operator's
+    ``measurement_image`` (see :func:`dip_lightning.viz.maps.measurement_display`).
+    """
+    values = measurement.detach()
+    raw = values.cpu().to(torch.complex64) if values.is_complex() else values.float().cpu()
+    npy = atomic_write(
+        Path(directory) / f"{name}.npy", lambda tmp: np.save(tmp, raw.squeeze(0).numpy()), ".npy"
+    )
+    display = measurement_display(operator, values)
     png = atomic_write(
         Path(directory) / f"{name}.png", lambda tmp: Image.fromarray(display).save(tmp, format="PNG"), ".png"
     )

@@ -22,8 +22,9 @@ from dip_lightning.job.run import build_method, build_problem, run
 from dip_lightning.methods.edip import EducatedDIP, read_checkpoint, save_pretrained
 from dip_lightning.models.skip import SkipNet
 from dip_lightning.physics.ct_noise import PoissonLogNoise
+from dip_lightning.physics.ct_system_matrix import CACHE_ENV_VAR
 from dip_lightning.physics.noise import GaussianNoise
-from dip_lightning.physics.ray_transform import CACHE_ENV_VAR, RayTransform
+from dip_lightning.physics.ray_transform import RayTransform
 from dip_lightning.pretrain import SupervisedPretraining, pretrain, random_crop
 from dip_lightning.priors import TotalVariation
 from tests.conftest import run_cli

@@ -18,7 +18,9 @@ from hypothesis import strategies as st
 
 from dip_lightning.errors import ConfigError
 from dip_lightning.physics.base import ForwardOperator
+from dip_lightning.physics.checks import adjoint_relative_error
 from dip_lightning.physics.downsampling import Downsampling
+from dip_lightning.physics.fourier import MaskedFourier
 from dip_lightning.physics.identity import Identity
 from dip_lightning.physics.inpainting import Inpainting
 from dip_lightning.physics.ray_transform import RayTransform
@@ -190,3 +192,26 @@ def test_ray_transform_any_settings(matrix_cache, seed, **kwargs):
         assert kwargs["num_angles"] >= 1 and min(kwargs["height"], kwargs["width"]) >= 1
         assert kwargs["detector_spacing"] > 0
         assert_adjoint_identity(operator, (kwargs["height"], kwargs["width"]), 1, seed)
+
+
+ANY_FOURIER = {
+    "height": sizes,
+    "width": sizes,
+    "acceleration": st.one_of(st.floats(0.0, 12.0), st.sampled_from([float("nan"), float("inf")])),
+    "center_fraction": st.one_of(st.floats(-0.2, 1.2), st.sampled_from([float("nan")])),
+}
+
+
+@PROPERTY_SETTINGS
+@given(seed=seeds, num_channels=channels, **ANY_FOURIER)
+def test_fourier_any_settings(seed, num_channels, height, width, acceleration, center_fraction):
+    operator = build_or_refuse(lambda: MaskedFourier((height, width), acceleration, center_fraction, seed))
+    if operator is not None:
+        assert acceleration >= 1.0 and 0.0 <= center_fraction <= 1.0 and min(height, width) >= 2
+        rows = operator.mask[0, 0, :, 0]
+        assert torch.equal(rows, rows[(-torch.arange(height)) % height])  # conjugate-symmetric
+        assert abs(operator.sampled_lines - max(1, round(height / acceleration))) <= 1
+        assert adjoint_relative_error(operator, (height, width), num_channels, seed=seed) < 1e-10
+        x = torch.randn(1, num_channels, height, width, generator=torch.Generator().manual_seed(seed))
+        y = operator(x)
+        torch.testing.assert_close(operator(operator.pseudo_inverse(y)), y, rtol=1e-5, atol=1e-5)

@@ -18,10 +18,13 @@ import torch
 
 from dip_lightning.data.phantoms import shepp_logan
 from dip_lightning.errors import ConfigError
+from dip_lightning.physics import ct_system_matrix as cm
 from dip_lightning.physics import ray_transform as rt
+from dip_lightning.physics.ct_geometry import CTGeometry
 from dip_lightning.physics.ct_noise import PoissonLogNoise
+from dip_lightning.physics.ct_system_matrix import build_system_matrix, cache_key
 from dip_lightning.physics.fbp import fbp, padded_length, ramp_filter
-from dip_lightning.physics.ray_transform import CTGeometry, RayTransform, build_system_matrix
+from dip_lightning.physics.ray_transform import RayTransform
 
 
 @pytest.fixture(autouse=True)
@@ -78,7 +81,7 @@ def test_forward_matches_astra_projection_orientation() -> None:
     """Our matrix reproduces astra's own forward projection, so the pixel order is astra's."""
     operator = RayTransform(image_shape=(24, 40), num_angles=9)
     image = np.random.default_rng(1).random((24, 40)).astype(np.float32)
-    vol, proj = rt._astra_geometries(operator.geometry)
+    vol, proj = cm.astra_geometries(operator.geometry)
     projector_id = astra.create_projector("linear", proj, vol)
     try:
         sino_id, expected = astra.create_sino(image, projector_id)
@@ -236,16 +239,16 @@ def test_geometry_defaults() -> None:
     assert CTGeometry(64) == CTGeometry((64, 64), angular_range=math.pi, detector_count=91)
     # Integer-valued settings from a config file give the same geometry and the same cache file.
     same = CTGeometry([64, 64], num_angles=np.int64(60), detector_spacing=1, pixel_size=1)
-    assert same == parallel and same.cache_key() == parallel.cache_key()
+    assert same == parallel and cache_key(same) == cache_key(parallel)
 
 
 def test_cache_key_is_stable_and_sensitive() -> None:
-    key = CTGeometry(32, num_angles=10).cache_key()
-    assert key == CTGeometry((32, 32), num_angles=10, projector="linear").cache_key()
-    assert key != CTGeometry(32, num_angles=11).cache_key()
-    assert key != CTGeometry(32, num_angles=10, projector="strip").cache_key()
-    assert key != CTGeometry(32, num_angles=10, pixel_size=0.5).cache_key()
-    assert key != CTGeometry((32, 33), num_angles=10).cache_key()
+    key = cache_key(CTGeometry(32, num_angles=10))
+    assert key == cache_key(CTGeometry((32, 32), num_angles=10, projector="linear"))
+    assert key != cache_key(CTGeometry(32, num_angles=11))
+    assert key != cache_key(CTGeometry(32, num_angles=10, projector="strip"))
+    assert key != cache_key(CTGeometry(32, num_angles=10, pixel_size=0.5))
+    assert key != cache_key(CTGeometry((32, 33), num_angles=10))
 
 
 @pytest.mark.parametrize(
@@ -333,10 +336,10 @@ def test_cache_hit_is_identical_and_faster(tmp_path: Path, monkeypatch: pytest.M
     cold = build_system_matrix(geometry, tmp_path)
     cold_seconds = time.perf_counter() - start
     files = list(tmp_path.iterdir())
-    assert [f.name for f in files] == [f"ray_transform_{geometry.cache_key()}.npz"]  # no temp files left
+    assert [f.name for f in files] == [f"ray_transform_{cache_key(geometry)}.npz"]  # no temp files left
 
     calls: list[CTGeometry] = []
-    monkeypatch.setattr(rt, "compute_system_matrix", lambda g: calls.append(g))
+    monkeypatch.setattr(cm, "compute_system_matrix", lambda g: calls.append(g))
     start = time.perf_counter()
     warm = build_system_matrix(geometry, tmp_path)
     warm_seconds = time.perf_counter() - start
@@ -349,13 +352,13 @@ def test_cache_hit_is_identical_and_faster(tmp_path: Path, monkeypatch: pytest.M
 def test_corrupt_cache_file_is_rebuilt_with_warning(tmp_path: Path, damage: str) -> None:
     geometry = CTGeometry(16, num_angles=5)
     reference = build_system_matrix(geometry, tmp_path)
-    path = tmp_path / f"ray_transform_{geometry.cache_key()}.npz"
+    path = tmp_path / f"ray_transform_{cache_key(geometry)}.npz"
     if damage == "garbage":
         path.write_bytes(b"not a matrix at all")
     elif damage == "truncated":
         path.write_bytes(path.read_bytes()[:200])
     else:
-        sp.save_npz(path, rt.compute_system_matrix(CTGeometry(16, num_angles=4)), compressed=False)
+        sp.save_npz(path, cm.compute_system_matrix(CTGeometry(16, num_angles=4)), compressed=False)
     with pytest.warns(UserWarning, match="corrupt ray-transform cache"):
         rebuilt = build_system_matrix(geometry, tmp_path)
     assert _same_matrix(rebuilt, reference)
@@ -364,12 +367,12 @@ def test_corrupt_cache_file_is_rebuilt_with_warning(tmp_path: Path, damage: str)
 
 def test_default_cache_dir_follows_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(rt.CACHE_ENV_VAR, str(tmp_path))
-    assert rt.default_cache_dir() == tmp_path / "ray_transforms"
+    assert cm.default_cache_dir() == tmp_path / "ray_transforms"
     geometry = CTGeometry(12, num_angles=3)
     build_system_matrix(geometry)
-    assert (tmp_path / "ray_transforms" / f"ray_transform_{geometry.cache_key()}.npz").is_file()
+    assert (tmp_path / "ray_transforms" / f"ray_transform_{cache_key(geometry)}.npz").is_file()
     monkeypatch.delenv(rt.CACHE_ENV_VAR)
-    assert rt.default_cache_dir() == Path.home() / ".cache" / "dip_lightning" / "ray_transforms"
+    assert cm.default_cache_dir() == Path.home() / ".cache" / "dip_lightning" / "ray_transforms"
 
 
 def test_unwritable_cache_only_warns(tmp_path: Path) -> None:
@@ -413,9 +416,9 @@ def test_build_deletes_its_astra_objects(monkeypatch: pytest.MonkeyPatch, fail: 
     )
     if fail:
         with pytest.raises(RuntimeError, match="simulated"):
-            rt.compute_system_matrix(CTGeometry(12, num_angles=3, beam="fan"))
+            cm.compute_system_matrix(CTGeometry(12, num_angles=3, beam="fan"))
     else:
-        rt.compute_system_matrix(CTGeometry(12, num_angles=3, beam="fan"))
+        cm.compute_system_matrix(CTGeometry(12, num_angles=3, beam="fan"))
     assert len(created) == 2
     assert sorted(created) == sorted(deleted)
 
@@ -441,17 +444,18 @@ def test_fbp_filters_and_batching() -> None:
     operator = RayTransform(image_shape=(32, 32), num_angles=45)
     images = torch.cat([_phantom(32), torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(2))])
     sinograms = operator(images)
-    sharp = fbp(sinograms, operator.geometry, "ram-lak", operator=operator)
+    sharp = fbp(sinograms, operator, "ram-lak")
     for name in ("shepp-logan", "cosine", "hann"):
-        smooth = fbp(sinograms, operator.geometry, name, operator=operator)
+        smooth = fbp(sinograms, operator, name)
         assert torch.isfinite(smooth).all()
         # Windowed filters suppress the white-noise image's high frequencies.
         assert float(smooth[1].std()) < float(sharp[1].std())
-    torch.testing.assert_close(sharp[1:], fbp(sinograms[1:], operator.geometry, operator=operator))
-    # Without an operator, one is built for the geometry and gives the same result.
-    torch.testing.assert_close(fbp(sinograms, operator.geometry), sharp)
+    torch.testing.assert_close(sharp[1:], fbp(sinograms[1:], operator))
+    # The operator's pseudo-inverse is this FBP with its own filter.
+    ram_lak = RayTransform(image_shape=(32, 32), num_angles=45, fbp_filter="ram-lak")
+    torch.testing.assert_close(ram_lak.pseudo_inverse(sinograms), sharp)
     # A lower cut-off removes more high frequencies.
-    cut = fbp(sinograms, operator.geometry, "ram-lak", frequency_scaling=0.5, operator=operator)
+    cut = fbp(sinograms, operator, "ram-lak", frequency_scaling=0.5)
     assert float(cut[1].std()) < float(sharp[1].std())
 
 
@@ -471,14 +475,12 @@ def test_fbp_rejects_bad_inputs() -> None:
     operator = RayTransform(image_shape=(16, 16), num_angles=6)
     sinogram = operator(torch.rand(1, 1, 16, 16))
     with pytest.raises(ConfigError, match=r"operator\.fbp_filter"):
-        fbp(sinogram, operator.geometry, "butterworth", operator=operator)
+        fbp(sinogram, operator, "butterworth")
     for scaling in (0.0, 1.5, -1.0):
         with pytest.raises(ConfigError, match=r"operator\.fbp_frequency_scaling"):
-            fbp(sinogram, operator.geometry, frequency_scaling=scaling, operator=operator)
+            fbp(sinogram, operator, frequency_scaling=scaling)
     with pytest.raises(ValueError, match="shape"):
-        fbp(sinogram[..., :-1], operator.geometry, operator=operator)
-    with pytest.raises(ValueError, match="different geometry"):
-        fbp(sinogram, CTGeometry(16, num_angles=7), operator=operator)
+        fbp(sinogram[..., :-1], operator)
 
 
 # -------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from dip_lightning.methods.evaluation import (
 )
 from dip_lightning.methods.prediction import Prediction
 from dip_lightning.metrics.image import psnr, ssim
-from dip_lightning.outputs import save_image, save_json, save_map, save_text
+from dip_lightning.outputs import save_image, save_json, save_map, save_measurement, save_text
 from dip_lightning.physics.observation import InverseProblem
 from dip_lightning.stopping.callback import StoppingCallback
 from dip_lightning.tracking.image_logger import wandb_loggers
@@ -231,9 +231,7 @@ def finalise(
     prediction = prediction.detach_cpu()
     files = save_image(output_dir, "reconstruction", prediction.mean)
     measured_in_image_space = is_image_shaped(problem)
-    files += save_image(
-        output_dir, "observation", problem.observation.cpu(), stretch=not measured_in_image_space
-    )
+    files += save_measurement(output_dir, "observation", problem.observation, problem.operator)
     if not measured_in_image_space or base_metrics:
         files += save_image(output_dir, "baseline", baseline.clamp(0, 1).cpu())
     if problem.ground_truth is not None:

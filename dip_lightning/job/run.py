@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytorch_lightning as pl
 import torch
@@ -39,6 +41,8 @@ from dip_lightning.stopping.callback import StoppingCallback
 from dip_lightning.tracking.wandb_setup import finish_wandb, make_wandb_logger, prepare_wandb_kwargs
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 STATUS_COMPLETED = "completed"
 STATUS_DIVERGED = "diverged"
@@ -77,31 +81,56 @@ def size_multiple(cfg: DictConfig) -> tuple[int, int]:
     return int(getattr(probe, "size_multiple", 1)), int(getattr(probe, "min_size", 1))
 
 
+def _normalised_path(path: object) -> str:
+    return os.path.abspath(os.path.expanduser(str(path)))
+
+
+def setting_holding(settings: DictConfig, path: object) -> str | None:
+    """The key of ``settings`` (one config group) whose value is the file ``path``, if any.
+
+    How a file is traced to its setting when the component that read it did not name it.
+    """
+    try:
+        values = OmegaConf.to_container(settings, resolve=True)
+    except Exception:  # an unresolvable entry: no key can be named
+        return None
+    target = _normalised_path(path)
+    for key, value in (values or {}).items():  # type: ignore[union-attr]
+        if isinstance(value, str) and value and _normalised_path(value) == target:
+            return str(key)
+    return None
+
+
+def built(group: str, cfg: DictConfig, make: Callable[[], T]) -> T:
+    """``make()``, with a file error named by the config ``group`` that configured the component.
+
+    The component names its own parameter (or the file is traced to the group's setting that
+    holds it); the job only adds the group, so it never needs to know a component's settings.
+    """
+    try:
+        return make()
+    except InputFileError as error:
+        raise error.in_group(group, setting_holding(cfg[group], error.path)) from None
+
+
 def build_problem(cfg: DictConfig) -> InverseProblem:
     """Load the image, fit its size to the network, build the operator and the observation.
 
-    A file error names the setting that gave the file.
+    A file error names the setting that gave the file, as ``<group>.<parameter>``.
     """
-    try:
-        loaded = build(cfg.data).load()
-    except InputFileError as error:
-        raise error.for_setting("data.path" if cfg.data.get("path") else "data") from None
+    loaded = built("data", cfg, lambda: build(cfg.data).load())
     multiple, min_size = size_multiple(cfg)
+    source_key = setting_holding(cfg.data, loaded.source)
     image, _ = fit_size(
         loaded.image,
         multiple,
         min_size,
         policy=str(cfg.size_policy),
-        setting="data.path" if cfg.data.get("path") else "data",
-        value=cfg.data.get("path") or loaded.name,
+        setting=f"data.{source_key}" if source_key else "data",
+        value=cfg.data[source_key] if source_key else loaded.name,
     )
-    try:
-        operator = build(cfg.operator)(image_shape=tuple(image.shape[-2:]))
-    except InputFileError as error:
-        raise error.for_setting(
-            "operator.mask_path" if cfg.operator.get("mask_path") else "operator"
-        ) from None
-    noise = build(cfg.noise)
+    operator = built("operator", cfg, lambda: build(cfg.operator)(image_shape=tuple(image.shape[-2:])))
+    noise = built("noise", cfg, lambda: build(cfg.noise))
     problem = make_observation(
         image,
         operator,

@@ -3,7 +3,13 @@
 An operator is a linear map A from images (B, C, H, W) to measurements. Methods only call
 ``forward``, ``adjoint``, ``pseudo_inverse`` and ``propagate_variance``; they never ask which
 operator they hold. Operators are ``nn.Module`` so that their buffers (masks, kernels, system
-matrices) follow ``.to(device)``.
+matrices) and parameters follow ``.to(device)``.
+
+Measurements may be complex (k-space of the masked Fourier operator); images are always real.
+The measurement space then carries the real inner product Re<u, v> = sum Re(u_i conj(v_i)), so a
+complex element counts as two real ones (as in the discrepancy principle), and ``adjoint`` is the
+adjoint for that inner product: a real image. :func:`dip_lightning.physics.checks.adjoint_check`
+tests it for any operator.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor, nn
 
+from dip_lightning.physics.cgls import DEFAULT_DAMPING, DEFAULT_ITERATIONS, DEFAULT_TOLERANCE, cgls
+
 
 class ForwardOperator(nn.Module, ABC):
     """A linear forward operator y = A x acting on batches of images (B, C, H, W).
@@ -20,6 +28,14 @@ class ForwardOperator(nn.Module, ABC):
     Subclasses set ``image_shape`` (H, W) when it is fixed by construction (a mask, a CT geometry)
     and raise :class:`dip_lightning.errors.ConfigError` from ``check_image_shape`` for sizes they
     cannot handle, before any training starts.
+
+    An operator may hold trainable ``nn.Parameter`` s (a gain, a blur kernel, coil sensitivities):
+    a method that registers the operator fits them jointly with the image. The physics code never
+    assumes there are none: where it only needs values (``measurement_shape``, the observation,
+    ``observed_elements``, the held-out split and score) it calls the operator under
+    ``torch.no_grad()``, and it finds the operator's device from its buffers and parameters.
+    Such an operator is still linear in x for fixed parameters, and ``adjoint`` must stay the
+    adjoint of ``forward`` for the current parameter values.
     """
 
     image_shape: tuple[int, int] | None = None
@@ -28,37 +44,66 @@ class ForwardOperator(nn.Module, ABC):
     masks). Per-pixel quantities predicted in image space (the heteroscedastic log-precision of
     ``likelihood=nll``) are only meaningful for such operators."""
 
+    cgls_iterations: int = DEFAULT_ITERATIONS
+    """Most CGLS steps of the generic ``pseudo_inverse`` (see :mod:`dip_lightning.physics.cgls`)."""
+    cgls_tolerance: float = DEFAULT_TOLERANCE
+    """CGLS stops once the normal-equation residual falls to this fraction of its start."""
+    cgls_damping: float = DEFAULT_DAMPING
+    """Tikhonov weight of the generic ``pseudo_inverse``: minimises ||A x - y||^2 + damping ||x||^2."""
+
     @abstractmethod
     def forward(self, x: Tensor) -> Tensor:
         """Apply A to a batch of images (B, C, H, W)."""
 
     @abstractmethod
     def adjoint(self, y: Tensor) -> Tensor:
-        """Apply the exact adjoint A^T to a batch of measurements."""
+        """Apply the exact adjoint A^T to a batch of measurements (for complex ones: for Re<.,.>)."""
 
     def pseudo_inverse(self, y: Tensor) -> Tensor:
-        """A cheap image-space estimate from a measurement, for display and as a network input.
+        """An image-space estimate from a measurement, for display, the baseline and as a network input.
 
-        The default is the adjoint; operators override it with something better (FBP, bicubic).
+        The generic one is the damped least-squares solution by CGLS (``cgls_iterations`` steps at
+        most, ``cgls_tolerance``, ``cgls_damping``), a constant (no gradient flows through it).
+        Operators override it with a closed form or a classical method where they have one (the
+        noisy image, bicubic upsampling, FBP, the zero-filled inverse FFT).
         """
-        return self.adjoint(y)
+        with torch.no_grad():
+            return cgls(
+                self,
+                y,
+                iterations=self.cgls_iterations,
+                tolerance=self.cgls_tolerance,
+                damping=self.cgls_damping,
+            )
 
     def propagate_variance(self, variance: Tensor) -> Tensor:
         """Variance of A x for an image with pixelwise *independent* variance ``variance``.
 
-        For a linear map this is (A∘A) applied to the variance, where A∘A squares each entry. It is
-        exact only for independent pixels, so it is not used for the calibration of Monte Carlo
-        predictions, whose samples are spatially correlated (those push every sample through A and
-        take the variance there). It serves to find the measurement elements that depend on the
-        image at all (``dip_lightning.physics.holdout.observed_elements``). Operators that cannot do
-        this raise NotImplementedError.
+        For a linear map this is (|A|^2) applied to the variance, where |A|^2 squares the magnitude
+        of each entry; for a complex measurement it is E|delta y_i|^2, the sum of the variances of
+        the real and the imaginary part. It is exact only for independent pixels, so it is not used
+        for the calibration of Monte Carlo predictions, whose samples are spatially correlated
+        (those push every sample through A and take the variance there). It serves to find the
+        measurement elements that depend on the image at all
+        (``dip_lightning.physics.holdout.observed_elements``). Operators that cannot do this raise
+        NotImplementedError.
         """
         raise NotImplementedError(f"{type(self).__name__} cannot propagate variances")
+
+    def measurement_image(self, y: Tensor) -> Tensor:
+        """A real image (B, C, h, w) that shows the measurement ``y``, for PNG files and loggers.
+
+        The default is ``y`` itself when it is real (a noisy image, a sinogram) and its magnitude
+        |y| when it is complex; operators whose measurements are better seen otherwise override
+        it (the masked Fourier operator shows log(1 + |y|) of the centred k-space).
+        """
+        return y.abs() if y.is_complex() else y
 
     def measurement_shape(self, image_shape: tuple[int, int], channels: int = 1) -> tuple[int, ...]:
         """Shape (without batch) of the measurement of an image of size ``image_shape``."""
         probe = torch.zeros(1, channels, *image_shape, device=self._device())
-        return tuple(self.forward(probe).shape[1:])
+        with torch.no_grad():
+            return tuple(self.forward(probe).shape[1:])
 
     def check_image_shape(self, image_shape: tuple[int, int]) -> None:
         """Raise ConfigError if this operator cannot act on images of ``image_shape``."""

@@ -15,21 +15,14 @@ import math
 import torch
 from torch import Tensor
 
-from dip_lightning.errors import ConfigError, check_positive
-from dip_lightning.physics.noise import NoiseModel
+from dip_lightning.errors import check_positive
+from dip_lightning.physics.noise import NoiseModel, require_real
 
 # Default attenuation of the most attenuating ray: exp(-3) leaves about 5% of the photons, a
 # typical value for a body cross-section and the order of magnitude in LoDoPaB-CT.
 DEFAULT_MAX_ATTENUATION = 3.0
 # Counts of zero would give log(0); they are replaced by this fraction of a photon.
 ZERO_COUNT = 0.1
-
-
-def _finite_positive(setting: str, value: float) -> float:
-    value = float(check_positive(setting, float(value)))
-    if not math.isfinite(value):
-        raise ConfigError(setting, value, "must be a finite number")
-    return value
 
 
 class PoissonLogNoise(NoiseModel):
@@ -43,8 +36,8 @@ class PoissonLogNoise(NoiseModel):
     """
 
     def __init__(self, photons: float = 4096.0, mu_scale: float | None = None) -> None:
-        self.photons = _finite_positive("noise.photons", photons)
-        self.mu_scale = None if mu_scale is None else _finite_positive("noise.mu_scale", mu_scale)
+        self.photons = float(check_positive("noise.photons", photons))
+        self.mu_scale = None if mu_scale is None else float(check_positive("noise.mu_scale", mu_scale))
 
     def mu(self, clean: Tensor) -> float:
         """The attenuation factor used for ``clean``."""
@@ -58,6 +51,7 @@ class PoissonLogNoise(NoiseModel):
         return self.photons * torch.exp(-mu * clean.detach().to(work))
 
     def __call__(self, clean: Tensor, generator: torch.Generator) -> Tensor:
+        require_real(clean, "ct_poisson")
         if not bool(torch.isfinite(clean).all()):
             raise ValueError("PoissonLogNoise: the clean sinogram holds NaN or infinite values")
         mu = self.mu(clean)

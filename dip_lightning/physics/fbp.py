@@ -1,20 +1,22 @@
-"""Filtered back-projection (FBP) for the geometries of :class:`RayTransform`.
+"""Filtered back-projection (FBP) for the geometries of :class:`~dip_lightning.physics.ct_geometry.CTGeometry`.
 
 The ramp filter runs in torch (so FBP works batched, on any device and under autograd) and the
-back-projection reuses the operator's own sparse matrix: for parallel beams it is the exact
-adjoint A^T, scaled so that FBP of a noiseless sinogram approximates the image in value. For fan
-beams (flat detector, full 2 pi scan) the textbook weighted FBP is used: cosine pre-weighting on
-a virtual detector through the rotation centre, the same ramp filter, and a back-projection that
-interpolates along each ray's footprint and weights it by 1 / U^2 (U: source-to-pixel distance
-along the central ray over the source-origin distance). That back-projector is a second sparse
-matrix with the sparsity of A^T.
+back-projection is the operator's own: for parallel beams it is the exact adjoint A^T, scaled so
+that FBP of a noiseless sinogram approximates the image in value. For fan beams (flat detector,
+full 2 pi scan) the textbook weighted FBP is used: cosine pre-weighting on a virtual detector
+through the rotation centre, the same ramp filter, and a back-projection that interpolates along
+each ray's footprint and weights it by 1 / U^2 (U: source-to-pixel distance along the central ray
+over the source-origin distance). That back-projector is a second sparse matrix with the sparsity
+of A^T (:func:`weighted_backprojection_matrix`), which the operator applies.
+
+The operator is an argument (anything with a ``geometry``, an ``adjoint`` and a
+``weighted_backprojection``), so this module does not depend on the operator's module.
 """
 
 from __future__ import annotations
 
 import math
-from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import scipy.sparse as sp
@@ -22,9 +24,17 @@ import torch
 from torch import Tensor
 
 from dip_lightning.errors import ConfigError, check_choice, check_positive
+from dip_lightning.physics.ct_geometry import CTGeometry
 
-if TYPE_CHECKING:
-    from dip_lightning.physics.ray_transform import CTGeometry, RayTransform
+__all__ = [
+    "FILTERS",
+    "BackProjector",
+    "fbp",
+    "filter_sinogram",
+    "padded_length",
+    "ramp_filter",
+    "weighted_backprojection_matrix",
+]
 
 FILTERS = ("ram-lak", "shepp-logan", "cosine", "hann")
 
@@ -126,32 +136,34 @@ def weighted_backprojection_matrix(matrix: sp.csr_matrix, geometry: CTGeometry) 
     return result
 
 
-@lru_cache(maxsize=4)
-def _operator_for(geometry: CTGeometry) -> RayTransform:
-    from dip_lightning.physics.ray_transform import RayTransform
+class BackProjector(Protocol):
+    """What FBP needs of a CT operator: its geometry and its two back-projections."""
 
-    return RayTransform.from_geometry(geometry)
+    geometry: CTGeometry
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        """A^T y for sinograms (B, C, num_angles, detector_count)."""
+        ...
+
+    def weighted_backprojection(self, y: Tensor) -> Tensor:
+        """The fan-beam back-projector of :func:`weighted_backprojection_matrix` applied to y."""
+        ...
 
 
 def fbp(
     sinogram: Tensor,
-    geometry: CTGeometry,
+    operator: BackProjector,
     filter: str = "ram-lak",
     frequency_scaling: float = 1.0,
-    *,
-    operator: RayTransform | None = None,
 ) -> Tensor:
     """Reconstruct images (B, C, H, W) from sinograms (B, C, num_angles, detector_count).
 
-    ``operator`` (a RayTransform of ``geometry``) is reused when given, otherwise one is built (or
-    loaded from the disk cache) and kept for the next calls. Fan-beam scans shorter than 2 pi are
-    reconstructed without short-scan (Parker) weights and show artefacts.
+    ``operator`` (a :class:`~dip_lightning.physics.ray_transform.RayTransform`) supplies the
+    geometry and the back-projection. Fan-beam scans shorter than 2 pi are reconstructed without
+    short-scan (Parker) weights and show artefacts.
     """
     check_choice("operator.fbp_filter", filter, FILTERS)
-    if operator is None:
-        operator = _operator_for(geometry)
-    elif operator.geometry != geometry:
-        raise ValueError("fbp: the operator was built for a different geometry")
+    geometry = operator.geometry
     expected = geometry.sinogram_shape
     if sinogram.dim() != 4 or tuple(sinogram.shape[-2:]) != expected:
         raise ValueError(
@@ -162,21 +174,16 @@ def fbp(
         filtered = filter_sinogram(sinogram, geometry.detector_spacing, filter, frequency_scaling)
         scale = _angular_weight(geometry) * geometry.detector_spacing / geometry.pixel_size**2
         return operator.adjoint(filtered) * scale
-    return _fan_fbp(sinogram, geometry, filter, frequency_scaling, operator)
+    return _fan_fbp(sinogram, operator, filter, frequency_scaling)
 
 
-def _fan_fbp(
-    sinogram: Tensor, geometry: CTGeometry, filter: str, frequency_scaling: float, operator: RayTransform
-) -> Tensor:
+def _fan_fbp(sinogram: Tensor, operator: BackProjector, filter: str, frequency_scaling: float) -> Tensor:
     """Weighted FBP on the virtual detector through the rotation centre (flat detector)."""
+    geometry = operator.geometry
     detectors = geometry.detector_count
     distance = float(geometry.source_origin)  # type: ignore[arg-type]
     spacing = geometry.detector_spacing / geometry.magnification
     positions = (torch.arange(detectors, dtype=torch.float64) - (detectors - 1) / 2.0) * spacing  # type: ignore[operator]
     cosine = (distance / torch.sqrt(distance**2 + positions**2)).to(sinogram.device, sinogram.dtype)
     filtered = filter_sinogram(sinogram * cosine, spacing, filter, frequency_scaling)
-    columns = filtered.reshape(-1, filtered.shape[-2] * filtered.shape[-1])
-    from dip_lightning.physics.ray_transform import _SparseProduct
-
-    images = _SparseProduct.apply(columns, operator, "FBP") * _angular_weight(geometry)
-    return images.reshape(sinogram.shape[0], sinogram.shape[1], *geometry.shape)
+    return operator.weighted_backprojection(filtered) * _angular_weight(geometry)

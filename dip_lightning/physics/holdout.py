@@ -9,7 +9,12 @@ unseen measurements best, which is what cross-validation tunes on real data.
 
 The split depends on the seed only (the observation seed), so all trials of a sweep hide the
 same elements and their ``heldout_mse`` values are comparable. Elements the operator does not
-observe (the holes of inpainting) are never chosen.
+observe (the holes of inpainting, the unsampled k-space of the Fourier operator) are never chosen.
+
+Complex measurements are split element by element (a complex entry is hidden whole, real and
+imaginary part together), and their squared residual is |r|^2, the sum over both parts. The
+operator is only evaluated under ``torch.no_grad()``, so operators with trainable parameters
+neither build a graph here nor receive gradients from the score.
 
 Example:
     >>> import torch
@@ -35,12 +40,16 @@ __all__ = ["heldout_mask", "heldout_mse", "hold_out", "observed_elements"]
 
 
 def observed_elements(problem: InverseProblem) -> Tensor:
-    """True where the measurement depends on the image (all elements if the operator cannot say)."""
+    """True where the measurement depends on the image (all elements if the operator cannot say).
+
+    A bool tensor of the observation's shape, also for a complex observation.
+    """
     observation = problem.observation
     try:
         ones = torch.ones(1, problem.channels, *problem.image_shape, device=observation.device)
         with torch.no_grad():
-            observed = problem.operator.propagate_variance(ones) > 0
+            variance = problem.operator.propagate_variance(ones)
+        observed = (variance.abs() if variance.is_complex() else variance) > 0
         if observed.shape == observation.shape:
             return observed
     except NotImplementedError:
@@ -75,7 +84,11 @@ def heldout_mask(problem: InverseProblem) -> Tensor | None:
 
 
 def heldout_mse(problem: InverseProblem, image: Tensor) -> float:
-    """Mean squared residual |(A x)_i - y_i|^2 over the held-out elements of ``problem``."""
+    """Mean squared residual |(A x)_i - y_i|^2 over the held-out elements of ``problem``.
+
+    For complex elements |r|^2 = Re(r)^2 + Im(r)^2, so white complex noise of std s per part
+    contributes 2 s^2.
+    """
     hidden = heldout_mask(problem)
     if hidden is None:
         raise ValueError("the problem holds nothing out (validation_fraction is 0)")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dip_lightning.errors import ConfigError, InputFileError, check_choice, check_in_range
+from dip_lightning.errors import ConfigError, InputFileError, check_choice, check_in_range, check_int
 from dip_lightning.physics.base import ForwardOperator
 
 __all__ = [
@@ -331,27 +331,28 @@ class Inpainting(ForwardOperator):
             raise ConfigError("operator.image_shape", shape, "height and width must be positive")
         self.kind = kind
         self.missing_fraction = float(missing_fraction)
-        self.seed = int(seed)
+        self.seed = check_int("operator.seed", seed, 0)
         self.mask_path = mask_path
         rng = np.random.default_rng(self.seed)
         if kind == "random":
             mask = random_pixel_mask(shape, self.missing_fraction, rng)
         elif kind == "blocks":
-            if int(block_size) < 1:
-                raise ConfigError("operator.block_size", block_size, "must be a positive number of pixels")
-            mask = block_mask(shape, self.missing_fraction, int(block_size), rng)
+            size = check_int("operator.block_size", block_size, 1, extra=" (a positive number of pixels)")
+            mask = block_mask(shape, self.missing_fraction, size, rng)
         elif kind == "strokes":
-            if int(stroke_width) < 1:
-                raise ConfigError(
-                    "operator.stroke_width", stroke_width, "must be a positive number of pixels"
-                )
-            mask = stroke_mask(shape, self.missing_fraction, int(stroke_width), rng)
+            width = check_int(
+                "operator.stroke_width", stroke_width, 1, extra=" (a positive number of pixels)"
+            )
+            mask = stroke_mask(shape, self.missing_fraction, width, rng)
         else:
             if mask_path is None or str(mask_path) == "":
                 raise ConfigError(
                     "operator.mask_path", mask_path, "kind='file' needs the path of a mask image"
                 )
-            mask = read_mask_file(mask_path, shape, bool(invert_mask_file))
+            try:
+                mask = read_mask_file(mask_path, shape, bool(invert_mask_file))
+            except InputFileError as error:  # named by this operator's parameter; the job adds the group
+                raise error.for_setting("mask_path") from None
         self._set_mask(mask)
 
     def _set_mask(self, mask: Tensor) -> None:

@@ -1,7 +1,9 @@
 """Noise models: how a clean measurement A x becomes the observation y.
 
 Every model draws its random numbers from the ``torch.Generator`` it is given, so an observation is
-a function of the seed alone. The numbers are drawn on the generator's device and then moved to the
+a function of the seed alone. Complex measurements (k-space) get complex Gaussian noise whose real
+and imaginary parts each have the configured standard deviation; the models that only make sense
+for real intensities (Poisson, speckle) refuse them. The numbers are drawn on the generator's device and then moved to the
 measurement's device: with a CPU generator (what :func:`dip_lightning.physics.observation.make_observation`
 uses) the same seed gives the same observation on a CPU and on a GPU.
 
@@ -17,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from abc import ABC, abstractmethod
 
 import torch
@@ -24,25 +27,44 @@ from torch import Tensor
 
 from dip_lightning.errors import ConfigError, check_positive
 
-__all__ = ["GaussianNoise", "NoNoise", "NoiseModel", "PoissonNoise", "SpeckleNoise"]
-
-
-def _finite_positive(setting: str, value: float, *, allow_zero: bool) -> float:
-    value = float(check_positive(setting, float(value), allow_zero=allow_zero))
-    if not math.isfinite(value):
-        raise ConfigError(setting, value, "must be a finite number")
-    return value
+__all__ = ["GaussianNoise", "NoNoise", "NoiseModel", "PoissonNoise", "SpeckleNoise", "require_real"]
 
 
 def _work_dtype(clean: Tensor) -> torch.dtype:
-    """float64 stays float64; everything else (half, bfloat16, float32) draws in float32."""
-    return torch.float64 if clean.dtype == torch.float64 else torch.float32
+    """float64 (or complex128) stays double; everything else (half, bfloat16, float32) draws in float32."""
+    return torch.float64 if clean.dtype in (torch.float64, torch.complex128) else torch.float32
+
+
+def _as_work(clean: Tensor) -> Tensor:
+    """``clean`` in the working precision, complex kept complex."""
+    real = _work_dtype(clean)
+    if clean.is_complex():
+        return clean.to(torch.complex128 if real == torch.float64 else torch.complex64)
+    return clean.to(real)
 
 
 def standard_normal(clean: Tensor, generator: torch.Generator) -> Tensor:
-    """N(0, 1) numbers shaped like ``clean``, drawn on the generator's device, returned on clean's."""
-    noise = torch.randn(clean.shape, generator=generator, device=generator.device, dtype=_work_dtype(clean))
+    """N(0, 1) numbers shaped like ``clean``, drawn on the generator's device, returned on clean's.
+
+    For a complex ``clean`` the real and the imaginary part are each N(0, 1) (drawn as
+    interleaved pairs), so a complex entry is two independent real ones.
+    """
+    shape = (*clean.shape, 2) if clean.is_complex() else clean.shape
+    noise = torch.randn(shape, generator=generator, device=generator.device, dtype=_work_dtype(clean))
+    if clean.is_complex():
+        noise = torch.view_as_complex(noise)
     return noise.to(clean.device)
+
+
+def require_real(clean: Tensor, noise: str) -> None:
+    """Raise ConfigError for a complex measurement: ``noise`` models real intensities only."""
+    if clean.is_complex():
+        raise ConfigError(
+            "noise",
+            noise,
+            "this noise model needs a real measurement, but the operator's measurements are complex "
+            "(e.g. operator=fourier); use noise=gaussian or noise=none",
+        )
 
 
 class NoiseModel(ABC):
@@ -87,29 +109,39 @@ class NoNoise(NoiseModel):
 class GaussianNoise(NoiseModel):
     """Additive white Gaussian noise y = A x + s * n, n ~ N(0, 1).
 
+    For a complex measurement n is complex with independent N(0, 1) real and imaginary parts, so
+    each part has standard deviation s and E|y - A x|^2 = 2 s^2 per complex entry: ``expected_std``
+    (s) is then the rms per real component, as the discrepancy principle counts a complex entry
+    as two real ones.
+
     Args:
         sigma: the standard deviation s (``relative=False``), or the factor in
             s = sigma * mean(|A x|) (``relative=True``; the convention of the CT literature, where
             "5% noise" means sigma = 0.05).
         relative: see ``sigma``.
         clip: clip the noisy measurement to [0, 1], as for images stored with 8 bits. The
-            clipped noise is no longer exactly Gaussian; ``expected_std`` still reports s.
+            clipped noise is no longer exactly Gaussian; ``expected_std`` still reports s. A
+            complex measurement has no such range and is not clipped (with a warning).
     """
 
     def __init__(self, sigma: float = 0.1, relative: bool = False, clip: bool = False) -> None:
-        self.sigma = _finite_positive("noise.sigma", sigma, allow_zero=True)
+        self.sigma = float(check_positive("noise.sigma", sigma, allow_zero=True))
         self.relative = bool(relative)
         self.clip = bool(clip)
 
     def std(self, clean: Tensor) -> float:
-        """The absolute standard deviation s for this clean measurement."""
+        """The absolute standard deviation s for this clean measurement (relative: to mean |A x|)."""
         if self.relative:
             return self.sigma * float(clean.detach().abs().to(torch.float64).mean())
         return self.sigma
 
     def __call__(self, clean: Tensor, generator: torch.Generator) -> Tensor:
-        noisy = clean.to(_work_dtype(clean)) + self.std(clean) * standard_normal(clean, generator)
-        if self.clip:
+        noisy = _as_work(clean) + self.std(clean) * standard_normal(clean, generator)
+        if self.clip and noisy.is_complex():
+            warnings.warn(
+                "noise.clip=true is ignored for a complex measurement (it has no [0, 1] range)", stacklevel=2
+            )
+        elif self.clip:
             noisy = noisy.clamp(0.0, 1.0)
         return noisy.to(clean.dtype)
 
@@ -131,9 +163,10 @@ class PoissonNoise(NoiseModel):
     """
 
     def __init__(self, peak: float = 30.0) -> None:
-        self.peak = _finite_positive("noise.peak", peak, allow_zero=False)
+        self.peak = float(check_positive("noise.peak", peak))
 
     def __call__(self, clean: Tensor, generator: torch.Generator) -> Tensor:
+        require_real(clean, "poisson")
         minimum = float(clean.min()) if clean.numel() else 0.0
         if not minimum >= 0.0:  # also catches NaN
             raise ConfigError(
@@ -163,9 +196,10 @@ class SpeckleNoise(NoiseModel):
     """
 
     def __init__(self, sigma: float = 0.1) -> None:
-        self.sigma = _finite_positive("noise.sigma", sigma, allow_zero=True)
+        self.sigma = float(check_positive("noise.sigma", sigma, allow_zero=True))
 
     def __call__(self, clean: Tensor, generator: torch.Generator) -> Tensor:
+        require_real(clean, "speckle")
         factor = torch.exp(self.sigma * standard_normal(clean, generator))
         return (clean.to(factor.dtype) * factor).to(clean.dtype)
 

@@ -29,7 +29,8 @@ class InverseProblem:
 
     Attributes:
         operator: the forward operator A.
-        observation: the noisy measurement y, shape (1, C, ...) (the operator's measurement shape).
+        observation: the noisy measurement y, shape (1, C, ...) (the operator's measurement shape);
+            complex for operators with complex measurements (k-space).
         ground_truth: the clean image x, shape (1, C, H, W), or None for real measurements.
         noise: the noise model that made (or is assumed to have made) y.
         name: a label for logs and file names.

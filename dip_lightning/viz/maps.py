@@ -7,6 +7,7 @@ and leave the user's plotting backend alone.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import matplotlib
 import numpy as np
@@ -16,7 +17,10 @@ from torch import Tensor
 
 from dip_lightning.errors import ConfigError
 
-__all__ = ["colourise", "side_by_side", "to_display"]
+if TYPE_CHECKING:
+    from dip_lightning.physics.base import ForwardOperator
+
+__all__ = ["colourise", "measurement_display", "side_by_side", "to_display"]
 
 _GAP = 4  # pixels between panels
 _LABEL_HEIGHT = 14  # pixels of the label strip above each panel
@@ -83,6 +87,18 @@ def to_display(image: Tensor, stretch: bool = False) -> np.ndarray:
     data = torch.nan_to_num(data, nan=0.0).clamp(0.0, 1.0)
     out = (data * 255.0).round().to(torch.uint8).numpy()
     return out[0] if out.shape[0] == 1 else np.ascontiguousarray(out.transpose(1, 2, 0))
+
+
+def measurement_display(operator: ForwardOperator, measurement: Tensor) -> np.ndarray:
+    """A measurement (1, C, ...) as uint8 for viewing: the operator's ``measurement_image`` of it.
+
+    Shown as it is (clipped to [0, 1]) when it is a real image on the image grid (a noisy or
+    masked image), else stretched to its own range (a sinogram, log k-space magnitudes).
+    """
+    with torch.no_grad():
+        image = operator.measurement_image(measurement.detach())
+    stretch = measurement.is_complex() or not operator.measurement_in_image_space
+    return to_display(image.detach().float().cpu(), stretch=stretch)
 
 
 def _as_rgb_uint8(panel: np.ndarray) -> np.ndarray:

@@ -1,0 +1,169 @@
+"""Undersampled Fourier measurements (Cartesian MRI): y = M (F x), complex valued.
+
+F is the orthonormal 2D FFT of each channel (``norm="ortho"``: unitary, so white image noise stays
+white in k-space with the same variance) and M a 0/1 mask of whole k-space rows (phase-encoding
+lines, each read out over all frequencies of the other axis). The measurement keeps the full
+(B, C, H, W) k-space grid, in FFT order (frequency 0 first), with zeros where nothing is sampled.
+
+The mask is drawn from a seed: the 2r + 1 lines of lowest frequency |f| <= r are always sampled,
+r = floor(center_fraction * H / 2); then, in a seeded random order, each pair of lines {f, -f}
+(and the Nyquist line -H/2 on its own) is added if it brings the count closer to
+round(H / acceleration). Sampling f and -f together
+makes M conjugate-symmetric, so for real images A^T A = F^H M F is an orthogonal projection:
+A is a partial isometry and its pseudo-inverse is its adjoint, the zero-filled inverse FFT
+Re(F^H M y). ``pseudo_inverse`` uses that closed form (CGLS, the generic fallback, agrees).
+
+With images real and measurements complex, the adjoint is that of the real inner product
+Re<u, v> (see :mod:`dip_lightning.physics.base`). Each entry of F has |F_kj|^2 = 1 / (H W), so
+independent pixel variances v give the k-space variance M sum(v) / (H W) at every sampled entry.
+
+Example:
+    >>> import torch
+    >>> op = MaskedFourier((32, 32), acceleration=4, center_fraction=0.08, seed=0)
+    >>> op.sampled_lines, op(torch.rand(1, 1, 32, 32)).dtype
+    (8, torch.complex64)
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dip_lightning.errors import ConfigError, check_finite, check_in_range, check_int
+from dip_lightning.physics.base import ForwardOperator
+
+__all__ = ["MaskedFourier", "cartesian_line_mask"]
+
+
+def _closer_with(count: int, added: int, target: int) -> bool:
+    """Whether ``added`` more lines bring the count strictly closer to ``target``."""
+    return abs(count + added - target) < abs(target - count)
+
+
+def cartesian_line_mask(
+    height: int, acceleration: float, center_fraction: float, rng: np.random.Generator
+) -> np.ndarray:
+    """A (height,) bool array of sampled k-space rows in FFT order, conjugate-symmetric.
+
+    See the module docstring for the rule. Raises ConfigError when the fully sampled centre
+    alone holds more lines than ``acceleration`` allows.
+    """
+    frequencies = np.rint(np.fft.fftfreq(height) * height).astype(int)
+    radius = math.floor(center_fraction * height / 2)
+    sampled = np.abs(frequencies) <= radius
+    target = max(1, round(height / acceleration))
+    count = int(sampled.sum())
+    if count > target:
+        raise ConfigError(
+            "operator.center_fraction",
+            center_fraction,
+            f"its {count} fully sampled centre lines exceed the {target} of {height} lines that "
+            f"acceleration {acceleration:g} allows; lower operator.center_fraction or operator.acceleration",
+        )
+    # Groups of lines that are each other's mirror image: {f, -f}, or the Nyquist line alone.
+    groups = [np.flatnonzero(np.abs(frequencies) == f) for f in range(radius + 1, height // 2 + 1)]
+    for index in rng.permutation(len(groups)):
+        rows = groups[index]
+        if _closer_with(count, len(rows), target):
+            sampled[rows] = True
+            count += len(rows)
+    return sampled
+
+
+class MaskedFourier(ForwardOperator):
+    """y = M (F x): the orthonormal 2D FFT of each channel, sampled on Cartesian k-space lines.
+
+    Args:
+        image_shape: (H, W) of the images; the mask has this shape.
+        acceleration: H over the number of sampled lines, >= 1 (1: fully sampled).
+        center_fraction: fraction of the H lines, around frequency 0, that are always sampled, in [0, 1].
+        seed: seed of the mask (independent of the noise seed).
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int] | None,
+        acceleration: float = 4.0,
+        center_fraction: float = 0.08,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if image_shape is None:
+            raise ConfigError(
+                "operator.image_shape", None, "must be given as (H, W) when the operator is built"
+            )
+        shape = (
+            check_int("operator.image_shape", image_shape[0], 2),
+            check_int("operator.image_shape", image_shape[1], 1),
+        )
+        acceleration = float(check_finite("operator.acceleration", acceleration))
+        if acceleration < 1.0:
+            raise ConfigError(
+                "operator.acceleration", acceleration, "must be a number >= 1 (1: fully sampled)"
+            )
+        self.center_fraction = float(
+            check_in_range("operator.center_fraction", center_fraction, 0.0, 1.0, high_open=False)
+        )
+        self.acceleration = acceleration
+        self.seed = check_int("operator.seed", seed, 0)
+        rows = cartesian_line_mask(
+            shape[0], acceleration, self.center_fraction, np.random.default_rng(self.seed)
+        )
+        mask = torch.from_numpy(rows.astype(np.float32))[:, None].expand(shape).contiguous()
+        self.register_buffer("mask", mask[None, None], persistent=False)
+        self.image_shape = shape
+
+    @property
+    def sampled_lines(self) -> int:
+        """Number of sampled k-space rows."""
+        return int(self.mask[0, 0, :, 0].sum())
+
+    @property
+    def sampled_fraction(self) -> float:
+        """Fraction of k-space that is sampled (1 / the achieved acceleration)."""
+        return float(self.mask.mean())
+
+    def check_image_shape(self, image_shape: tuple[int, int]) -> None:
+        shape = (int(image_shape[0]), int(image_shape[1]))
+        if shape != self.image_shape:
+            raise ConfigError(
+                "operator.image_shape",
+                shape,
+                f"this Fourier operator's mask was built for images of shape {self.image_shape}",
+            )
+
+    def _mask_like(self, values: Tensor) -> Tensor:
+        real = values.real.dtype if values.is_complex() else values.dtype
+        return self.mask.to(device=values.device, dtype=real)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Sampled k-space (B, C, H, W), complex, zero where nothing is sampled."""
+        return torch.fft.fft2(x, norm="ortho") * self._mask_like(x)
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        """Re(F^H M y): the adjoint for the real inner product, a real image."""
+        return torch.fft.ifft2(y * self._mask_like(y), norm="ortho").real
+
+    def pseudo_inverse(self, y: Tensor) -> Tensor:
+        """The zero-filled inverse FFT, exact A^+ y for this conjugate-symmetric mask (see module)."""
+        return self.adjoint(y)
+
+    def propagate_variance(self, variance: Tensor) -> Tensor:
+        """|A|^2 v = M sum(v) / (H W) per channel: E|delta y_k|^2 for independent pixel variances."""
+        height, width = variance.shape[-2:]
+        total = variance.sum(dim=(-2, -1), keepdim=True) / (height * width)
+        mask = self._mask_like(variance)
+        return total * mask.square()
+
+    def measurement_image(self, y: Tensor) -> Tensor:
+        """log(1 + |y|) of the k-space with frequency 0 in the centre (fftshift)."""
+        return torch.log1p(torch.fft.fftshift(y.abs(), dim=(-2, -1)))
+
+    def extra_repr(self) -> str:
+        return (
+            f"image_shape={self.image_shape}, acceleration={self.acceleration:g}, "
+            f"center_fraction={self.center_fraction:g}, sampled_lines={self.sampled_lines}"
+        )

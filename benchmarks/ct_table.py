@@ -58,10 +58,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # name -> (label, overrides); fbp is read from the baseline every job saves.
 METHODS: dict[str, tuple[str, list[str]]] = {
     "fbp": ("FBP", []),
-    "dip": ("DIP", ["method=dip", "prior=gaussian"]),
-    "dip_tv": ("DIP+TV", ["method=dip", "prior=tv"]),
-    "mfvi_tv": ("MFVI+TV", ["method=mfvi", "prior=tv"]),
-    "edip": ("EDIP", ["method=edip", "prior=tv"]),
+    "dip": ("DIP", ["method=dip", "regulariser=none"]),
+    "dip_tv": ("DIP+TV", ["method=dip", "regulariser=tv"]),
+    "mfvi_tv": ("MFVI+TV", ["method=mfvi", "regulariser=tv"]),
+    "edip": ("EDIP", ["method=edip", "regulariser=tv"]),
 }
 COLUMNS = (
     "group",

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from dip_lightning.config import build
 from dip_lightning.data.synthetic_ct import SyntheticCTDataModule
-from dip_lightning.errors import ConfigError, DipError, check_choice, check_positive
+from dip_lightning.errors import ConfigError, DipError, check_choice, check_int, check_positive
 from dip_lightning.methods.base import DeepImagePrior
 from dip_lightning.methods.edip import save_pretrained
 from dip_lightning.methods.network_input import make_network_input
@@ -125,7 +125,7 @@ def check_crop(value: Any, image_shape: tuple[int, int], multiple: int, min_size
     """``pretrain.crop_size``: null, or a side the network accepts that fits in the image."""
     if value is None:
         return None
-    side = check_count("pretrain.crop_size", value)
+    side = check_int("pretrain.crop_size", value, 1)
     if side > min(image_shape) or side % multiple or side < min_size:
         raise ConfigError(
             "pretrain.crop_size",
@@ -139,12 +139,6 @@ def check_crop(value: Any, image_shape: tuple[int, int], multiple: int, min_size
 def plain(node: Any) -> Any:
     """A config node as plain Python values (what a weights-only checkpoint may hold)."""
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
-def check_count(setting: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(setting, value, "must be a positive integer")
-    return value
 
 
 def pretrain(cfg: DictConfig) -> dict[str, Any]:
@@ -170,7 +164,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(
             "method.checkpoint", target, "must name the file the pretrained network is written to"
         )
-    max_steps = check_count("pretrain.max_steps", settings.max_steps)
+    max_steps = check_int("pretrain.max_steps", settings.max_steps, 1)
 
     # The measurement problem fixes the image size, operator and noise of the simulated data.
     problem = build_problem(cfg)
@@ -196,7 +190,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         callbacks=[],
         max_steps=max_steps,
         max_epochs=-1,
-        check_val_every_n_epoch=check_count("pretrain.val_every_n_epochs", settings.val_every_n_epochs),
+        check_val_every_n_epoch=check_int("pretrain.val_every_n_epochs", settings.val_every_n_epochs, 1),
         log_every_n_steps=min(10, max_steps),
         enable_checkpointing=False,
     )

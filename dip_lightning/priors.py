@@ -1,4 +1,4 @@
-"""Image priors that any method can add to its loss (the ``prior`` config group)."""
+"""Image regularisers that any method can add to its loss (the ``regulariser`` config group)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ class TotalVariation(nn.Module):
 
     def __init__(self, weight: float = 1e-4, kind: str = "anisotropic", eps: float = 1e-8) -> None:
         super().__init__()
-        self.weight = float(check_positive("prior.weight", weight, allow_zero=True))
-        self.kind = str(check_choice("prior.kind", kind, TV_KINDS))
+        self.weight = float(check_positive("regulariser.weight", weight, allow_zero=True))
+        self.kind = str(check_choice("regulariser.kind", kind, TV_KINDS))
         self.eps = eps
 
     def forward(self, image: Tensor) -> Tensor:

@@ -1,23 +1,75 @@
-"""Shared fixtures: composing the project's config in-process and running the CLI in a subprocess."""
+"""Shared fixtures: composing the project's config in-process and running the CLI in a subprocess.
+
+Test matrices take their methods, tasks and operators from ``conf/`` (:func:`config_options`), so
+a new YAML file there is tested without editing a list here.
+"""
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import DictConfig
 
-from dip_lightning.config import compose_config
+from dip_lightning.config import CONFIG_DIR, compose_config
 from dip_lightning.job import interrupt
+from dip_lightning.physics.ray_transform import CACHE_ENV_VAR
 
 ROOT = Path(__file__).resolve().parents[1]
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+# Two steps of real pretraining on two phantoms: enough for a checkpoint the platform accepts.
+TINY_PRETRAINING = (
+    "pretrain.num_images=4",
+    "pretrain.val_images=2",
+    "pretrain.batch_size=2",
+    "pretrain.max_steps=2",
+)
+
+
+def config_options(group: str) -> list[str]:
+    """The options of a config group, the names of ``conf/<group>/*.yaml``, sorted."""
+    options = sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
+    if not options:
+        raise FileNotFoundError(f"no options in {CONFIG_DIR / group}")
+    return options
+
+
+@functools.cache
+def edip_checkpoint() -> Path:
+    """A pretrained network for ``method=edip`` at ``preset=small`` (the tiny network, one channel).
+
+    Built once per test session, on first use, by ``pretrain`` as ``python -m
+    dip_lightning.pretrain`` runs it (two steps on denoising phantoms). The network's weights do not
+    depend on the image size or the operator, so the one file serves every task of the small preset.
+    """
+    from dip_lightning.pretrain import pretrain
+
+    directory = Path(tempfile.mkdtemp(prefix="edip_checkpoint_"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    path = directory / "edip.pt"
+    overrides = ["task=denoising", "preset=small", "logger=none", f"method.checkpoint={path}"]
+    pretrain(compose_config([*overrides, *TINY_PRETRAINING], directory / "run", config_name="pretrain"))
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ray_transform_cache(tmp_path_factory: pytest.TempPathFactory):
+    """CT system matrices built by tests (and their subprocesses) go to one temporary directory,
+    never to the user's cache; a test or module that sets its own directory still wins."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV_VAR, str(tmp_path_factory.mktemp("ray_transform_cache")))
+        yield
 
 
 @pytest.fixture

@@ -80,7 +80,7 @@ def outputs(cfg: DictConfig) -> tuple[Path, dict]:
     [
         ("dip", ("data=ct_small",)),
         ("sgld", ("method.burn_in=1", "method.sample_every=1", "noise=ct_poisson")),
-        ("mcdropout", ("prior.kind=isotropic", "operator=ray_transform_fan")),
+        ("mcdropout", ("regulariser.kind=isotropic", "operator=ray_transform_fan")),
     ],
 )
 def test_each_method_runs_dip_tv_on_ct(ct_config, method, extra):
@@ -118,10 +118,10 @@ def test_ct_task_defaults_and_prior_choice(ct_config):
     prior = build_method(cfg, problem).image_prior
     # The TV weight chosen on the tuning images (docs/ct.md), not on the phantoms of the table.
     assert isinstance(prior, TotalVariation) and prior.weight == 3e-3
-    old = ct_config("prior.weight=3e-4")
+    old = ct_config("regulariser.weight=3e-4")
     assert build_method(old, build_problem(old)).image_prior.weight == 3e-4
     # The task's TV default gives way to a prior chosen on the command line.
-    plain = ct_config("prior=gaussian")
+    plain = ct_config("regulariser=none")
     assert build_method(plain, build_problem(plain)).image_prior is None
 
 
@@ -292,4 +292,4 @@ def test_headline_command_line(tmp_path):
         "applies_to": ["reconstruction.npy", "baseline.npy", "ground_truth.npy"],
     }
     saved = OmegaConf.load(directory / "config.yaml")
-    assert saved.prior.image_prior.weight > 0 and saved.method.kl_weight > 0  # MFVI + TV
+    assert saved.regulariser.weight > 0 and saved.method.kl_weight > 0  # MFVI + TV

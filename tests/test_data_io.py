@@ -16,17 +16,9 @@ import torch
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from dip_lightning.data.io import (
-    IntensityTransform,
-    centre_crop,
-    fit_size,
-    read_array,
-    read_raw,
-    resize,
-    to_channels,
-    to_unit_range,
-    unpad,
-)
+from dip_lightning.data.intensity import IntensityTransform, to_channels, to_unit_range
+from dip_lightning.data.io import read_array, read_raw
+from dip_lightning.data.size import centre_crop, fit_size, resize, unpad
 from dip_lightning.data.sources import (
     PACKAGE_IMAGES,
     ArrayImage,

@@ -29,10 +29,15 @@ from dip_lightning.methods.sgld import SGLDDIP, add_langevin_noise, langevin_par
 from dip_lightning.models.bayesian import MeanFieldConv2d
 from dip_lightning.models.layers import SampleBatchNorm2d
 from dip_lightning.priors import TotalVariation
+from tests.conftest import config_options, edip_checkpoint
 
-METHODS = ("dip", "sgld", "mcdropout", "mfvi")
-TASKS = ("denoising", "super_resolution", "inpainting")
+METHODS = config_options("method")
+TASKS = config_options("task")
+# The methods that report a predictive distribution (variance maps, calibration).
 UNCERTAIN = ("sgld", "mcdropout", "mfvi")
+assert set(UNCERTAIN) <= set(METHODS), f"UNCERTAIN names a method missing from conf/method: {UNCERTAIN}"
+# The tasks of the MFVI-DIP comparison (conf/experiment/paper_<task>.yaml).
+PAPER_TASKS = [name.removeprefix("paper_") for name in config_options("experiment")]
 # SGLD needs its burn-in inside a few-step run to have samples.
 SHORT_SGLD = ("method.burn_in=1", "method.sample_every=1")
 
@@ -41,7 +46,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def method_overrides(method: str) -> list[str]:
-    return [f"method={method}", *(SHORT_SGLD if method == "sgld" else ())]
+    """``method=<method>`` and what a few-step run of it needs: SGLD's samples, educated DIP's
+    pretrained network (built on first use)."""
+    extra = {"sgld": SHORT_SGLD, "edip": (f"method.checkpoint={edip_checkpoint()}",)}
+    return [f"method={method}", *extra.get(method, ())]
 
 
 def build_attached(cfg) -> DeepImagePrior:
@@ -365,7 +373,9 @@ def test_method_configs_match_the_reference_settings(small_config):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_tv_prior_combines_with_every_method(small_config, method):
-    cfg = small_config(*method_overrides(method), "prior=tv", "prior.weight=1e-3", "method.num_samples=2")
+    cfg = small_config(
+        *method_overrides(method), "regulariser=tv", "regulariser.weight=1e-3", "method.num_samples=2"
+    )
     built = fit(cfg, steps=2)
     assert isinstance(built.image_prior, TotalVariation) and built.image_prior.weight == 1e-3
     assert built.trainer.callback_metrics["train/image_prior"] > 0
@@ -399,7 +409,7 @@ def test_rank_seeds_differ_per_rank_and_per_seed():
         (("method=mcdropout", "method.dropout_placement=everywhere"), "method.dropout_placement"),
         (("method=mfvi", "prior.sigma=0"), "prior.sigma"),
         (("method=mfvi", "prior.sigma=-0.05"), "prior.sigma"),
-        (("method=mfvi", "prior=tv", "prior.sigma=-1"), "prior.sigma"),
+        (("method=mfvi", "regulariser=tv", "prior.sigma=-1"), "prior.sigma"),
         (("method=mfvi", "method.kl_weight=-1e-6"), "method.kl_weight"),
         (("method=sgld", "method.noise_scale=-2"), "method.noise_scale"),
         (("method=sgld", "method.burn_in=-1"), "method.burn_in"),
@@ -444,7 +454,7 @@ def test_paper_table_keeps_the_sgld_schedule_inside_short_runs():
         module.parse_args(["--steps-for", "dip=ten"])
 
 
-@pytest.mark.parametrize("task", ["denoising", "super_resolution", "inpainting"])
+@pytest.mark.parametrize("task", PAPER_TASKS)
 def test_paper_table_composes_the_mfvi_dip_papers_own_settings(tmp_path, task):
     """One learning rate for all four methods per task; each method's optimiser as its script."""
     from dip_lightning.config import compose_config

@@ -453,9 +453,9 @@ def test_set_prior_changes_kl() -> None:
         ({"prior_sigma": float("inf")}, "prior.sigma"),
         ({"prior_sigma": float("nan")}, "prior.sigma"),
         ({"prior_mu": float("nan")}, "prior.mu"),
-        ({"mu_init_std": -0.1}, "prior.mu_init_std"),
-        ({"rho_init_std": -0.1}, "prior.rho_init_std"),
-        ({"rho_init_mean": float("inf")}, "prior.rho_init_mean"),
+        ({"mu_init_std": -0.1}, "method.mu_init_std"),
+        ({"rho_init_std": -0.1}, "method.rho_init_std"),
+        ({"rho_init_mean": float("inf")}, "method.rho_init_mean"),
         ({"kernel_size": 2}, "model.kernel_size"),
         ({"in_channels": 0}, "model.in_channels"),
         ({"stride": 0}, "model.stride"),
@@ -478,13 +478,16 @@ def test_set_prior_rejects_bad_sigma(sigma: float) -> None:
     assert layer.prior_sigma.item() == pytest.approx(0.1)
 
 
-def test_factory_rejects_bad_settings_early() -> None:
-    with pytest.raises(ConfigError, match=r"prior\.sigma"):
-        mean_field_conv_factory(0.0, 0.0)
-    with pytest.raises(ConfigError, match=r"prior\.rho_init"):
+def test_factory_refuses_unknown_settings_and_its_layers_bad_values() -> None:
+    with pytest.raises(ConfigError, match=r"method\.rho_init"):
         mean_field_conv_factory(0.0, 0.1, rho_init=-3.0)
-    with pytest.raises(ConfigError, match=r"prior\.mu_init_std"):
-        mean_field_conv_factory(0.0, 0.1, mu_init_std=-1.0)
+    # The values are checked once, by each layer, as it is built.
+    with pytest.raises(ConfigError, match=r"prior\.sigma"):
+        mean_field_conv_factory(0.0, 0.0)(1, 1, 3, 1, "reflect", True)
+    with pytest.raises(ConfigError, match=r"prior\.mu"):
+        mean_field_conv_factory(float("inf"), 0.1)(1, 1, 3, 1, "reflect", True)
+    with pytest.raises(ConfigError, match=r"method\.mu_init_std"):
+        mean_field_conv_factory(0.0, 0.1, mu_init_std=-1.0)(1, 1, 3, 1, "reflect", True)
     with pytest.raises(ConfigError, match=r"model\.kernel_size"):
         deterministic_conv_factory()(1, 1, 4, 1, "reflect", True)
     with pytest.raises(ConfigError, match=r"model\.padding"):

@@ -28,9 +28,7 @@ def test_denoising_beats_the_noisy_observation(small_config):
 
 
 def test_divergence_stops_keeps_outputs_and_returns_penalty(small_config, tmp_path):
-    cfg = small_config(
-        "prior.image_prior={_target_:tests.divergence.NaNAfter,steps:15}", "trainer.max_steps=60"
-    )
+    cfg = small_config("++regulariser={_target_:tests.divergence.NaNAfter,steps:15}", "trainer.max_steps=60")
     objective = run(cfg)
     metrics = read_metrics(cfg)
     assert metrics["status"] == "diverged"
@@ -44,7 +42,7 @@ def test_divergence_seen_late_still_reports_a_finite_image(small_config, tmp_pat
     # The weights turn NaN at step 16; with a check every 5 steps the divergence is seen at step 20,
     # after NaN outputs reached the EMA: the output of peak PSNR is reported instead.
     cfg = small_config(
-        "prior.image_prior={_target_:tests.divergence.NaNGradientAfter,steps:16}",
+        "++regulariser={_target_:tests.divergence.NaNGradientAfter,steps:16}",
         "method.divergence_check_every=5",
         "trainer.max_steps=60",
     )

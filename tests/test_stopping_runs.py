@@ -129,7 +129,7 @@ def test_wmv_stops_early_on_ct(small_config, tmp_path, monkeypatch):
         small_config,
         "task=ct",
         "method=dip",
-        "prior.weight=3e-4",
+        "regulariser.weight=3e-4",
         *WMV,
         f"trainer.max_steps={CT_MAX_STEPS}",
     )

@@ -35,8 +35,9 @@ from dip_lightning.sweeps.devices import assign_gpu, parallel_jobs, round_robin_
 from dip_lightning.sweeps.objective import objective_from_config
 from dip_lightning.sweeps.outcome import trial_outcome
 from dip_lightning.sweeps.report import build_report, main
+from dip_lightning.sweeps.search_space import parse_search_space
 from dip_lightning.sweeps.storage import open_storage
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, config_options, run_cli
 
 FAST = ["preset=small", "logger=none", "num_threads=1", "trainer.check_val_every_n_epoch=1000"]
 
@@ -252,15 +253,18 @@ def test_search_configs_compose_for_any_task():
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("ResumableOptunaSweeper") and sweeper.n_jobs is None
     assert sweeper.params["prior.sigma"] == "tag(log, interval(0.01, 0.5))"
-    low, high = 0.01, 0.5
-    assert all(low <= s <= high for s in (0.05, 0.1, 0.36))
+    # The searched range holds the sigma each task sets (the published optima).
+    searched = parse_search_space(dict(sweeper.params), []).distributions["prior.sigma"]
+    for task in config_options("task"):
+        published = compose_with_hydra([f"task={task}"]).prior.sigma
+        assert searched.low <= published <= searched.high, task
     # A stable directory (no timestamp) per search, task, data and preset: re-running continues it.
     assert cfg.hydra.sweep.dir.endswith("outputs/sweeps/mfvi_prior-super_resolution-camera-cpu")
     assert sweeper.storage.endswith("optuna.journal")
 
     tv = compose_with_hydra(["hparams_search=tv_lambda", "task=inpainting"])
-    assert tv.prior.image_prior._target_ == "dip_lightning.priors.TotalVariation"
-    assert tv.hydra.sweeper.params["prior.weight"] == "tag(log, interval(1e-6, 1e-2))"
+    assert tv.regulariser._target_ == "dip_lightning.priors.TotalVariation"
+    assert tv.hydra.sweeper.params["regulariser.weight"] == "tag(log, interval(1e-6, 1e-2))"
 
     multi = compose_with_hydra(["hparams_search=mfvi_prior_multi", "task=denoising"])
     assert list(multi.optimized_metric) == ["psnr", "uce"]
@@ -388,16 +392,14 @@ def test_diverging_and_failing_trials_do_not_end_the_sweep(tmp_path):
         f"hydra.sweep.dir={tmp_path / 'faults'}",
         *FAST,
         "trainer.max_steps=8",
-        "prior.image_prior={_target_:tests.divergence.NaNAfter,steps:1000}",
-        "prior.image_prior.steps=choice(3,1000)",
+        "++regulariser={_target_:tests.divergence.NaNAfter,steps:1000}",
+        "regulariser.steps=choice(3,1000)",
         "method.ema_decay=choice(0.99,1.5)",
     ]
     result = run_cli(args, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     study = load_study(tmp_path / "faults")
-    by_params = {
-        (t.params["prior.image_prior.steps"], t.params["method.ema_decay"]): t for t in study.get_trials()
-    }
+    by_params = {(t.params["regulariser.steps"], t.params["method.ema_decay"]): t for t in study.get_trials()}
     assert len(by_params) == 4 and states(study) == ["COMPLETE"] * 4
     assert by_params[(3, 0.99)].value == -1000.0 and by_params[(3, 0.99)].user_attrs["status"] == "diverged"
     assert by_params[(1000, 1.5)].value == -1000.0 and by_params[(1000, 1.5)].user_attrs["status"] == "failed"

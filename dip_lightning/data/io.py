@@ -1,41 +1,29 @@
-"""Reading images from disk and bringing them to the form the networks expect.
+"""Reading image files into finite 2-D arrays (PNG, JPEG, TIFF, BMP, NumPy, DICOM, NIfTI).
 
-The functions here turn a file (PNG, JPEG, TIFF, BMP, NumPy, DICOM or NIfTI) into a finite 2-D
-array, map its intensities to [0, 1] while remembering how to map them back, and make the
-spatial size compatible with an encoder-decoder network. Every failure names the file or the
-setting at fault so the user can fix it without reading a traceback.
+Every failure names the file or the setting at fault so the user can fix it without reading a
+traceback. Mapping intensities to [0, 1] is :mod:`dip_lightning.data.intensity`; fitting the size
+to a network is :mod:`dip_lightning.data.size`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import warnings
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from dip_lightning.errors import ConfigError, InputFileError, check_choice
+from dip_lightning.data.size import MIN_SIDE
+
+# Imported from here by dip_lightning/job/run.py.
+from dip_lightning.data.size import fit_size as fit_size
+from dip_lightning.errors import ConfigError, InputFileError, check_int
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy", ".dcm", ".nii", ".nii.gz")
-MIN_SIDE = 8
-NORMALISE_MODES = ("minmax", "dtype", "none", "auto")
-SIZE_POLICIES = ("crop", "pad", "error")
-# ITU-R BT.601 luma weights: the usual choice when a colour photo must become one grey channel.
-LUMA_WEIGHTS = (0.299, 0.587, 0.114)
-
-
-# --------------------------------------------------------------------------------------------
-# Reading
-# --------------------------------------------------------------------------------------------
 
 
 def file_suffix(path: str | Path) -> str:
@@ -112,7 +100,7 @@ def validate_image(array: Any, source: object) -> np.ndarray:
 def take_slice(volume: np.ndarray, slice_index: int | None, slice_axis: int, source: object) -> np.ndarray:
     """Pick one 2-D slice of a 3-D volume; the middle one (logged) when no index is given."""
     ndim = volume.ndim
-    if not isinstance(slice_axis, int) or not -ndim <= slice_axis < ndim:
+    if not -ndim <= check_int("data.slice_axis", slice_axis) < ndim:
         raise ConfigError("data.slice_axis", slice_axis, f"must be an axis of the {ndim}-D volume {source}")
     count = volume.shape[slice_axis]
     if slice_index is None:
@@ -125,9 +113,7 @@ def take_slice(volume: np.ndarray, slice_index: int | None, slice_axis: int, sou
             slice_index,
             slice_axis,
         )
-    elif isinstance(slice_index, bool) or not isinstance(slice_index, int | np.integer):
-        raise ConfigError("data.slice_index", slice_index, "must be an integer")
-    elif not 0 <= slice_index < count:
+    elif not 0 <= check_int("data.slice_index", slice_index) < count:
         raise ConfigError(
             "data.slice_index",
             slice_index,
@@ -330,271 +316,3 @@ _READERS: dict[str, Callable[[Path, int | None, int], np.ndarray]] = {
     ".nii": _read_nifti,
     ".nii.gz": _read_nifti,
 }
-
-
-# --------------------------------------------------------------------------------------------
-# Intensities and channels
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class IntensityTransform:
-    """Affine map raw -> [0, 1], kept so results can be reported in the original units."""
-
-    offset: float
-    scale: float
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.scale) and self.scale > 0 and math.isfinite(self.offset)):
-            raise ValueError(f"IntensityTransform needs a finite offset and scale > 0, got {self}")
-
-    def apply(self, raw: Any) -> Any:
-        """Raw intensities to the unit range (no clipping)."""
-        return (raw - self.offset) / self.scale
-
-    def inverse(self, unit: Any) -> Any:
-        """Unit-range values (array, tensor or number) back to raw intensities."""
-        return unit * self.scale + self.offset
-
-    def to_dict(self) -> dict[str, float]:
-        """Plain numbers, for saving next to results."""
-        return {"offset": float(self.offset), "scale": float(self.scale)}
-
-
-def choose_mode(array: np.ndarray) -> str:
-    """Pick a normalisation that keeps the data's own meaning where it is unambiguous."""
-    if array.dtype == np.uint8:
-        return "dtype"
-    if array.dtype.kind == "b":
-        return "none"
-    if array.dtype.kind == "f" and array.size and float(array.min()) >= 0.0 and float(array.max()) <= 1.0:
-        return "none"
-    return "minmax"
-
-
-def to_unit_range(
-    array: np.ndarray,
-    mode: str = "minmax",
-    window: tuple[float, float] | None = None,
-    *,
-    source: object = "array",
-) -> tuple[np.ndarray, IntensityTransform]:
-    """Map intensities to [0, 1] (float64) and return the map used.
-
-    ``minmax`` stretches the data range, or clips to ``window`` (e.g. a CT window in HU) first;
-    ``dtype`` divides by the integer type's range; ``none`` trusts data already in [0, 1];
-    ``auto`` picks one of those from the data.
-    """
-    check_choice("data.normalise", mode, NORMALISE_MODES)
-    array = np.asarray(array)
-    if window is not None:
-        low, high = check_window(window)
-        if mode != "minmax":
-            raise ConfigError("data.window", window, "a window can only be used with data.normalise=minmax")
-    if mode == "auto":
-        mode = choose_mode(array)
-    data = array.astype(np.float64)
-    if window is not None:
-        transform = IntensityTransform(low, high - low)
-        if float(data.max()) <= low or float(data.min()) >= high:
-            warnings.warn(
-                f"The window [{low}, {high}] lies outside the data range "
-                f"[{data.min():g}, {data.max():g}] of {source}; the image becomes constant",
-                stacklevel=2,
-            )
-        return np.clip(transform.apply(data), 0.0, 1.0), transform
-    if mode == "minmax":
-        transform = _minmax_transform(data, source)
-    elif mode == "dtype":
-        transform = _dtype_transform(array.dtype)
-    else:
-        transform = IntensityTransform(0.0, 1.0)
-    unit = transform.apply(data)
-    if mode == "none" and (float(unit.min()) < 0.0 or float(unit.max()) > 1.0):
-        warnings.warn(
-            f"data.normalise=none but {source} has values in [{unit.min():g}, {unit.max():g}]; "
-            "clipping to [0, 1] (use minmax or dtype to rescale instead)",
-            stacklevel=2,
-        )
-    return np.clip(unit, 0.0, 1.0), transform
-
-
-def check_window(window: Any) -> tuple[float, float]:
-    """A window must be two finite numbers, low < high."""
-    try:
-        low, high = (float(v) for v in window)
-    except (TypeError, ValueError):
-        raise ConfigError("data.window", window, "must be two numbers [low, high]") from None
-    if not (math.isfinite(low) and math.isfinite(high) and low < high):
-        raise ConfigError("data.window", window, "must be two finite numbers with low < high")
-    return low, high
-
-
-def _minmax_transform(data: np.ndarray, source: object) -> IntensityTransform:
-    """Min-max scaling, refusing constant images where it is undefined."""
-    low, high = float(data.min()), float(data.max())
-    if not high > low:
-        raise InputFileError(
-            source,
-            f"the image is constant (every pixel is {low:g}), so it cannot be normalised to [0, 1] "
-            "and holds nothing to reconstruct",
-        )
-    return IntensityTransform(low, high - low)
-
-
-def _dtype_transform(dtype: np.dtype) -> IntensityTransform:
-    """Full range of an integer type -> [0, 1]; 8-bit gives /255 and 16-bit /65535."""
-    if dtype.kind == "b":
-        return IntensityTransform(0.0, 1.0)
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        return IntensityTransform(float(info.min), float(info.max) - float(info.min))
-    raise ConfigError(
-        "data.normalise",
-        "dtype",
-        f"needs integer pixel data but this image is {dtype}; use minmax or none",
-    )
-
-
-def to_channels(array: np.ndarray, channels: int | None) -> np.ndarray:
-    """(H, W) or (H, W, C) -> (C, H, W); None keeps the image's own channel count."""
-    if channels is not None:
-        check_choice("data.channels", channels, (1, 3))
-    array = np.asarray(array)
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim == 2:
-        chw = array[None]
-    elif array.ndim == 3 and array.shape[-1] == 3:
-        chw = np.moveaxis(array, -1, 0)
-    else:
-        raise ValueError(f"expected an (H, W) or (H, W, 1|3) array, got shape {array.shape}")
-    if channels == 1 and chw.shape[0] == 3:
-        weights = np.asarray(LUMA_WEIGHTS, dtype=np.float64)[:, None, None]
-        chw = (chw * weights).sum(axis=0, keepdims=True)
-    elif channels == 3 and chw.shape[0] == 1:
-        chw = np.repeat(chw, 3, axis=0)
-    return np.ascontiguousarray(chw)
-
-
-# --------------------------------------------------------------------------------------------
-# Spatial size
-# --------------------------------------------------------------------------------------------
-
-
-def parse_size(
-    size: int | list[int] | tuple[int, ...] | None, setting: str = "data.size", minimum: int = MIN_SIDE
-) -> tuple[int, int] | None:
-    """An int means a square; two ints mean (height, width). Each side must be at least ``minimum``."""
-    if size is None:
-        return None
-    try:
-        values = [size] if isinstance(size, int | np.integer) else list(size)
-    except TypeError:
-        values = []
-    ok = len(values) in (1, 2) and all(
-        isinstance(v, int | np.integer) and not isinstance(v, bool) and v >= minimum for v in values
-    )
-    if not ok:
-        raise ConfigError(setting, size, f"must be an integer or [height, width], each at least {minimum}")
-    return (int(values[0]), int(values[-1]))
-
-
-def centre_crop(image: torch.Tensor, size: int | tuple[int, int] | list[int]) -> torch.Tensor:
-    """Central crop of the last two axes; the centre holds the anatomy in most medical images."""
-    height, width = parse_size(size, minimum=1)  # type: ignore[misc]
-    in_h, in_w = image.shape[-2:]
-    if height > in_h or width > in_w:
-        raise ConfigError(
-            "data.size", size, f"cannot crop a {in_h}x{in_w} image to {height}x{width}; use data.resize=true"
-        )
-    top = (in_h - height) // 2
-    left = (in_w - width) // 2
-    return image[..., top : top + height, left : left + width]
-
-
-def resize(image: torch.Tensor, size: int | tuple[int, int] | list[int]) -> torch.Tensor:
-    """Antialiased bilinear resize of (C, H, W) or (N, C, H, W); antialiasing avoids aliasing on shrink."""
-    target = parse_size(size)
-    batched = image.dim() == 4
-    x = image if batched else image.unsqueeze(0)
-    dtype = x.dtype
-    out = F.interpolate(x.float(), size=target, mode="bilinear", align_corners=False, antialias=True)
-    out = out.to(dtype)
-    return out if batched else out.squeeze(0)
-
-
-def fit_size(
-    image: torch.Tensor,
-    multiple: int,
-    min_size: int,
-    policy: str = "crop",
-    *,
-    setting: str = "data.path",
-    value: object | None = None,
-    scales: int | None = None,
-) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
-    """Make H and W multiples of ``multiple`` (2**scales for a U-Net) so skip connections line up.
-
-    Returns the image and the padding (left, right, top, bottom) that was added, all zero unless
-    ``policy="pad"``; :func:`unpad` removes it from a result of the same size.
-    """
-    check_choice("size_policy", policy, SIZE_POLICIES)
-    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
-        raise ConfigError("multiple", multiple, "must be a positive integer")
-    height, width = (int(s) for s in image.shape[-2:])
-    if scales is None and multiple & (multiple - 1) == 0:
-        scales = multiple.bit_length() - 1
-    needed = max(min_size, 1)
-    if policy == "crop":  # cropping rounds down, so the rounded-down size must still be enough
-        needed = max(multiple, -(-needed // multiple) * multiple)
-    if min(height, width) < needed:
-        detail = f" (model has {scales} scales)" if scales is not None else ""
-        raise ConfigError(
-            setting,
-            value if value is not None else f"{height}x{width} image",
-            f"image is {height}x{width} but the network needs at least {needed} pixels per side{detail}",
-        )
-    if height % multiple == 0 and width % multiple == 0:
-        return image, (0, 0, 0, 0)
-    if policy == "error":
-        raise ConfigError(
-            "size_policy",
-            policy,
-            f"image is {height}x{width} but both sides must be multiples of {multiple}; "
-            "use size_policy=crop or pad, or set data.size",
-        )
-    if policy == "crop":
-        new_size = (height // multiple * multiple, width // multiple * multiple)
-        warnings.warn(
-            f"Centre-cropped the image from {height}x{width} to {new_size[0]}x{new_size[1]} "
-            f"so that both sides are multiples of {multiple}",
-            stacklevel=2,
-        )
-        return centre_crop(image, new_size), (0, 0, 0, 0)
-    return _pad_to_multiple(image, multiple)
-
-
-def _pad_to_multiple(image: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
-    """Reflect-pad symmetrically; reflection avoids the hard edges that zero padding would add."""
-    height, width = image.shape[-2:]
-    extra_h = -height % multiple
-    extra_w = -width % multiple
-    padding = (extra_w // 2, extra_w - extra_w // 2, extra_h // 2, extra_h - extra_h // 2)
-    mode = "reflect" if max(padding[:2]) < width and max(padding[2:]) < height else "replicate"
-    x = image.unsqueeze(0) if image.dim() == 3 else image
-    padded = F.pad(x, padding, mode=mode)
-    padded = padded.squeeze(0) if image.dim() == 3 else padded
-    warnings.warn(
-        f"Padded the image ({mode}) from {height}x{width} to {height + extra_h}x{width + extra_w} "
-        f"so that both sides are multiples of {multiple}; results are cropped back",
-        stacklevel=3,
-    )
-    return padded, padding
-
-
-def unpad(image: torch.Tensor, padding: tuple[int, int, int, int]) -> torch.Tensor:
-    """Remove the padding (left, right, top, bottom) returned by :func:`fit_size`."""
-    left, right, top, bottom = padding
-    height, width = image.shape[-2:]
-    return image[..., top : height - bottom, left : width - right]

@@ -15,7 +15,7 @@ import torch
 from skimage.data import shepp_logan_phantom
 from skimage.transform import resize
 
-from dip_lightning.errors import ConfigError
+from dip_lightning.errors import check_int
 
 MIN_SIZE = 8
 # Ellipse centres stay inside this fraction of the unit disc, and the image is zero outside the disc.
@@ -23,21 +23,9 @@ _CENTRE_RADIUS = 0.85
 _DEFAULT_COUNT = (15, 40)
 
 
-def _check_size(size: int) -> int:
-    if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < MIN_SIZE:
-        raise ConfigError("data.size", size, f"must be an integer of at least {MIN_SIZE}")
-    return int(size)
-
-
-def _check_seed(seed: int) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ConfigError("data.seed", seed, "must be a non-negative integer")
-    return int(seed)
-
-
 def shepp_logan(size: int) -> np.ndarray:
     """The modified Shepp-Logan phantom, anti-aliased to (size, size), float64 in [0, 1]."""
-    size = _check_size(size)
+    size = check_int("data.size", size, MIN_SIZE)
     image = resize(shepp_logan_phantom(), (size, size), order=1, anti_aliasing=True, mode="reflect")
     return np.clip(image.astype(np.float64), 0.0, 1.0)
 
@@ -56,13 +44,13 @@ def random_ellipses(size: int, seed: int, num_ellipses: int | None = None) -> np
     exponential (many small details, a few large structures), centres uniformly in the disc and
     rotations uniformly. The same ``seed`` always gives the same image.
     """
-    size = _check_size(size)
-    seed = _check_seed(seed)
+    size = check_int("data.size", size, MIN_SIZE)
+    seed = check_int("data.seed", seed, 0)
     rng = np.random.default_rng(seed)
     if num_ellipses is None:
         num_ellipses = int(rng.integers(*_DEFAULT_COUNT, endpoint=True))
-    elif isinstance(num_ellipses, bool) or not isinstance(num_ellipses, int | np.integer) or num_ellipses < 1:
-        raise ConfigError("data.num_ellipses", num_ellipses, "must be a positive integer (or unset)")
+    else:
+        num_ellipses = check_int("data.num_ellipses", num_ellipses, 1, extra=" (or unset)")
     x, y = _unit_grid(size)
     image = np.zeros((size, size))
     for _ in range(int(num_ellipses)):
@@ -89,11 +77,9 @@ class EllipsesDataset(torch.utils.data.Dataset):
     """``length`` random-ellipse phantoms as (1, size, size) float32 tensors; item i uses seed offset + i."""
 
     def __init__(self, size: int, length: int, seed_offset: int = 0) -> None:
-        self.size = _check_size(size)
-        if isinstance(length, bool) or not isinstance(length, int | np.integer) or length < 1:
-            raise ConfigError("data.length", length, "must be a positive integer")
-        self.length = int(length)
-        self.seed_offset = _check_seed(seed_offset)
+        self.size = check_int("data.size", size, MIN_SIZE)
+        self.length = check_int("data.length", length, 1)
+        self.seed_offset = check_int("data.seed", seed_offset, 0)
 
     def __len__(self) -> int:
         return self.length

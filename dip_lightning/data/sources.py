@@ -17,22 +17,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dip_lightning.data.io import (
-    MIN_SIDE,
+from dip_lightning.data.intensity import (
     NORMALISE_MODES,
     IntensityTransform,
-    centre_crop,
-    check_path,
     check_window,
-    file_suffix,
-    parse_size,
-    read_raw,
-    resize,
     to_channels,
     to_unit_range,
-    validate_image,
 )
-from dip_lightning.errors import ConfigError, InputFileError, check_choice
+from dip_lightning.data.io import check_path, file_suffix, read_raw, validate_image
+from dip_lightning.data.size import MIN_SIDE, centre_crop, parse_size, resize
+from dip_lightning.errors import ConfigError, InputFileError, check_choice, check_int
 
 PHANTOM_KINDS = ("shepp_logan", "ellipses")
 
@@ -202,10 +196,9 @@ class FileImage(ImageSource):
         channels: int | None = None,
     ) -> None:
         window = _check_normalise(normalise, window)
-        if slice_index is not None and (isinstance(slice_index, bool) or not isinstance(slice_index, int)):
-            raise ConfigError("data.slice_index", slice_index, "must be an integer or null")
-        if isinstance(slice_axis, bool) or not isinstance(slice_axis, int):
-            raise ConfigError("data.slice_axis", slice_axis, "must be an integer")
+        if slice_index is not None:
+            check_int("data.slice_index", slice_index, extra=" or null")
+        check_int("data.slice_axis", slice_axis)
         super().__init__(size, resize, channels)
         self.path = check_path(path)
         self.slice_index = slice_index
@@ -229,10 +222,8 @@ class PhantomImage(ImageSource):
         self, kind: str = "shepp_logan", size: int = 128, seed: int = 0, channels: int | None = None
     ) -> None:
         check_choice("data.kind", kind, PHANTOM_KINDS)
-        if isinstance(size, bool) or not isinstance(size, int) or size < MIN_SIDE:
-            raise ConfigError("data.size", size, f"must be an integer of at least {MIN_SIDE}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ConfigError("data.seed", seed, "must be a non-negative integer")
+        check_int("data.size", size, MIN_SIDE)
+        check_int("data.seed", seed, 0)
         super().__init__(None, False, channels)
         self.kind = kind
         self.phantom_size = size

@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from dip_lightning.data.phantoms import EllipsesDataset
-from dip_lightning.errors import ConfigError
+from dip_lightning.errors import ConfigError, check_int
 from dip_lightning.physics.base import ForwardOperator
 from dip_lightning.physics.noise import NoiseModel
 
@@ -67,17 +67,10 @@ class SyntheticCTDataModule(pl.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        for setting, value in (
-            ("pretrain.num_images", num_images),
-            ("pretrain.val_images", val_images),
-            ("pretrain.batch_size", batch_size),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(setting, value, "must be a positive integer")
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ConfigError("pretrain.num_workers", num_workers, "must be an integer >= 0")
-        self.batch_size = batch_size
-        self.num_workers = num_workers
+        num_images = check_int("pretrain.num_images", num_images, 1)
+        val_images = check_int("pretrain.val_images", val_images, 1)
+        self.batch_size = check_int("pretrain.batch_size", batch_size, 1)
+        self.num_workers = check_int("pretrain.num_workers", num_workers, 0)
         self.val = SyntheticCTDataset(operator, noise, val_images, seed_offset, noise_seed=seed_offset)
         train_offset = seed_offset + val_images
         self.train = SyntheticCTDataset(operator, noise, num_images, train_offset, noise_seed=train_offset)

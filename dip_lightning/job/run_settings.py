@@ -9,37 +9,27 @@ an untrained network as a result), each with a message that does not name the se
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
-from dip_lightning.errors import ConfigError
+from dip_lightning.errors import ConfigError, check_int
 
-
-def check_integer(setting: str, value: Any, minimum: int, *, extra: str = "") -> int:
-    """Return ``value`` as an int if it is an integer >= ``minimum`` (or -1 when ``extra`` allows it)."""
-    allowed = f"must be an integer >= {minimum}{extra}"
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(setting, value, allowed)
-    if value < minimum and not (extra and value == -1):
-        raise ConfigError(setting, value, allowed)
-    return int(value)
+NO_STEP_LIMIT = -1
 
 
 def check_run_settings(cfg: DictConfig) -> None:
     """Raise ConfigError for a top-level or trainer setting no run can use."""
-    check_integer("seed", cfg.get("seed"), 0)
-    check_integer("observation_seed", cfg.get("observation_seed"), 0)
+    check_int("seed", cfg.get("seed"), 0)
+    check_int("observation_seed", cfg.get("observation_seed"), 0)
     if cfg.get("num_threads") is not None:
-        check_integer("num_threads", cfg.num_threads, 1, extra=" or null (torch's default)")
+        check_int("num_threads", cfg.num_threads, 1, extra=" or null (torch's default)")
     trainer = cfg.get("trainer") or {}
-    if "max_steps" in trainer:
-        check_integer(
-            "trainer.max_steps", trainer.max_steps, 1, extra=" or -1 (no limit: a stopping rule ends the run)"
-        )
+    max_steps = trainer.get("max_steps")
+    if "max_steps" in trainer and not (isinstance(max_steps, int) and max_steps == NO_STEP_LIMIT):
+        check_int("trainer.max_steps", max_steps, 1, extra=" or -1 (no limit: a stopping rule ends the run)")
     if trainer.get("check_val_every_n_epoch") is not None:
-        check_integer("trainer.check_val_every_n_epoch", trainer.check_val_every_n_epoch, 1)
+        check_int("trainer.check_val_every_n_epoch", trainer.check_val_every_n_epoch, 1)
     method = cfg.get("method") or {}
     if method.get("lr_schedule", "constant") != "constant" and trainer.get("max_steps", -1) == -1:
         raise ConfigError(
@@ -49,7 +39,7 @@ def check_run_settings(cfg: DictConfig) -> None:
         )
     checkpoint = cfg.get("checkpoint") or {}
     if "every_n_steps" in checkpoint:
-        check_integer("checkpoint.every_n_steps", checkpoint.every_n_steps, 0)
+        check_int("checkpoint.every_n_steps", checkpoint.every_n_steps, 0)
 
 
 def trainer_error(error: InstantiationException, trainer_cfg: DictConfig) -> ConfigError | None:

@@ -9,21 +9,14 @@ forward pass over T copies of the input.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dip_lightning.errors import ConfigError, check_choice, check_positive
-from dip_lightning.models.layers import (
-    PADDING_MODES,
-    ConvFactory,
-    check_count,
-    check_kernel,
-    grouped_conv2d,
-)
+from dip_lightning.errors import ConfigError, check_choice, check_finite, check_int, check_positive
+from dip_lightning.models.layers import PADDING_MODES, ConvFactory, check_kernel, grouped_conv2d
 
 _VAR_FLOOR = 1e-16
 """Smallest pre-activation variance used under the square root; keeps its gradient finite at 0."""
@@ -31,28 +24,24 @@ _VAR_FLOOR = 1e-16
 _INIT_KEYS: tuple[str, ...] = ("mu_init_std", "rho_init_mean", "rho_init_std")
 
 
-def _check_finite(setting: str, value: float) -> float:
-    if not math.isfinite(value):
-        raise ConfigError(setting, value, "must be a finite number")
-    return value
-
-
 def _log_softplus(rho: Tensor) -> Tensor:
     """log(softplus(rho)) without underflow: for very negative rho softplus(rho) ≈ exp(rho)."""
     return torch.where(rho < -20.0, rho, torch.log(F.softplus(rho)))
 
 
-def _check_sigma(setting: str, sigma: float) -> float:
-    check_positive(setting, sigma)
-    if not math.isfinite(sigma):
-        raise ConfigError(setting, sigma, "must be a finite number > 0")
-    return sigma
+def check_prior(mu: float, sigma: float) -> tuple[float, float]:
+    """The weight prior N(mu, sigma²) as floats: mu finite, sigma finite and > 0 (``prior.*``).
+
+    The one check of the prior: every mean-field layer runs it when its prior is set.
+    """
+    return float(check_finite("prior.mu", mu)), float(check_positive("prior.sigma", sigma))
 
 
-def _check_init(mu_init_std: float, rho_init_mean: float, rho_init_std: float) -> None:
-    check_positive("prior.mu_init_std", mu_init_std, allow_zero=True)
-    _check_finite("prior.rho_init_mean", rho_init_mean)
-    check_positive("prior.rho_init_std", rho_init_std, allow_zero=True)
+def check_posterior_init(mu_init_std: float, rho_init_mean: float, rho_init_std: float) -> None:
+    """Posterior initialisation: mu ~ N(0, mu_init_std²), rho ~ N(rho_init_mean, rho_init_std²)."""
+    check_positive("method.mu_init_std", mu_init_std, allow_zero=True)
+    check_finite("method.rho_init_mean", rho_init_mean)
+    check_positive("method.rho_init_std", rho_init_std, allow_zero=True)
 
 
 class MeanFieldConv2d(nn.Module):
@@ -78,13 +67,12 @@ class MeanFieldConv2d(nn.Module):
         groups: int = 1,
     ) -> None:
         super().__init__()
-        self.in_channels = check_count("model.in_channels", in_channels)
-        self.out_channels = check_count("model.out_channels", out_channels)
+        self.in_channels = check_int("model.in_channels", in_channels, 1)
+        self.out_channels = check_int("model.out_channels", out_channels, 1)
         self.kernel_size = check_kernel("model.kernel_size", kernel_size)
-        self.stride = check_count("model.stride", stride)
+        self.stride = check_int("model.stride", stride, 1)
         self.padding_mode = str(check_choice("model.padding", padding_mode, PADDING_MODES))
-        _check_init(mu_init_std, rho_init_mean, rho_init_std)
-        self.groups = check_count("model.groups", groups)
+        self.groups = check_int("model.groups", groups, 1)
         if in_channels % groups or out_channels % groups:
             raise ConfigError("model.groups", groups, "must divide the input and output channels")
         self.sample = True
@@ -111,17 +99,16 @@ class MeanFieldConv2d(nn.Module):
         self, mu_init_std: float = 0.1, rho_init_mean: float = -3.0, rho_init_std: float = 0.1
     ) -> None:
         """Draw means from N(0, mu_init_std²) and rho from N(rho_init_mean, rho_init_std²)."""
-        _check_init(mu_init_std, rho_init_mean, rho_init_std)
+        check_posterior_init(mu_init_std, rho_init_mean, rho_init_std)
         for mu, rho in self._pairs():
             mu.normal_(0.0, mu_init_std)
             rho.normal_(rho_init_mean, rho_init_std)
 
     def set_prior(self, mu: float, sigma: float) -> None:
         """Set the Gaussian prior N(mu, sigma²) shared by all weights and biases of the layer."""
-        _check_finite("prior.mu", mu)
-        _check_sigma("prior.sigma", sigma)
-        self.prior_mu.fill_(float(mu))
-        self.prior_sigma.fill_(float(sigma))
+        mu, sigma = check_prior(mu, sigma)
+        self.prior_mu.fill_(mu)
+        self.prior_sigma.fill_(sigma)
 
     def _pairs(self) -> list[tuple[Tensor, Tensor]]:
         pairs = [(self.weight_mu, self.weight_rho)]
@@ -207,16 +194,13 @@ def set_sampling(model: nn.Module, flag: bool) -> int:
 def mean_field_conv_factory(prior_mu: float = 0.0, prior_sigma: float = 0.1, **init: float) -> ConvFactory:
     """Conv factory building ``MeanFieldConv2d`` layers with the given prior and initialisation.
 
-    ``init`` may hold mu_init_std, rho_init_mean and rho_init_std. Settings are checked here, so
-    a bad value is reported before any network is built.
+    ``init`` may hold mu_init_std, rho_init_mean and rho_init_std; another key is refused here.
+    The values are checked by the first layer built (:func:`check_prior`,
+    :func:`check_posterior_init`), before any training.
     """
-    _check_finite("prior.mu", prior_mu)
-    _check_sigma("prior.sigma", prior_sigma)
     for key in init:
         if key not in _INIT_KEYS:
-            raise ConfigError(f"prior.{key}", init[key], "is not a setting; known: " + ", ".join(_INIT_KEYS))
-    defaults = {"mu_init_std": 0.1, "rho_init_mean": -3.0, "rho_init_std": 0.1}
-    _check_init(**{**defaults, **init})
+            raise ConfigError(f"method.{key}", init[key], "is not a setting; known: " + ", ".join(_INIT_KEYS))
 
     def build(
         in_ch: int, out_ch: int, kernel: int, stride: int, padding_mode: str, bias: bool

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dip_lightning.errors import ConfigError, check_positive
+from dip_lightning.errors import ConfigError, check_int, check_positive
 
 ConvFactory = Callable[[int, int, int, int, str, bool], nn.Module]
 """Builds a "same"-padded 2-D convolution from (in_ch, out_ch, kernel, stride, padding_mode, bias).
@@ -29,17 +29,10 @@ PADDING_MODES: tuple[str, ...] = ("reflect", "zeros", "replicate")
 
 def check_kernel(setting: str, kernel: int) -> int:
     """Return an odd positive kernel size: "same" padding needs it to keep sizes divisible by 2."""
-    if isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0:
-        raise ConfigError(setting, kernel, "must be a positive odd integer")
-    return kernel
-
-
-def check_count(setting: str, value: int, *, allow_zero: bool = False) -> int:
-    """Return ``value`` if it is an integer >= 1 (>= 0 when allowed), else raise ConfigError."""
-    low = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(setting, value, f"must be an integer >= {low}")
-    return value
+    odd = " and odd"
+    if check_int(setting, kernel, 1, extra=odd) % 2 == 0:
+        raise ConfigError(setting, kernel, f"must be an integer >= 1{odd}")
+    return int(kernel)
 
 
 def grouped_conv2d(

@@ -14,13 +14,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from dip_lightning.errors import ConfigError, check_choice, check_in_range
+from dip_lightning.errors import ConfigError, check_choice, check_in_range, check_int
 from dip_lightning.models.bayesian import deterministic_conv_factory
 from dip_lightning.models.layers import (
     PADDING_MODES,
     ConvFactory,
     SampleBatchNorm2d,
-    check_count,
     check_kernel,
 )
 
@@ -86,13 +85,13 @@ def _channel_lists(
     for setting, values in lists.items():
         values = values if values is not None else [specs[setting]] * scales
         allow_zero = setting == "model.channels_skip"
-        out.append([check_count(setting, _as_int(v), allow_zero=allow_zero) for v in values])
+        out.append([check_int(setting, _as_int(v), 0 if allow_zero else 1) for v in values])
     return out[0], out[1], out[2]
 
 
 def _as_int(value: object) -> object:
     """Accept integral numbers of other types (numpy ints, 4.0) but leave anything else to fail."""
-    if isinstance(value, int):  # bool included: check_count rejects it later
+    if isinstance(value, int):  # bool included: check_int rejects it later
         return value
     try:
         as_int = int(value)  # type: ignore[call-overload]
@@ -156,8 +155,8 @@ class SkipNet(nn.Module):
         dropout_order: str = "before_norm",
     ) -> None:
         super().__init__()
-        self.in_channels = check_count("model.in_channels", in_channels)
-        self.out_channels = check_count("model.out_channels", out_channels)
+        self.in_channels = check_int("model.in_channels", in_channels, 1)
+        self.out_channels = check_int("model.out_channels", out_channels, 1)
         down, up, skip = _channel_lists(channels_down, channels_up, channels_skip)
         self.kernel_down = check_kernel("model.kernel_down", kernel_down)
         self.kernel_up = check_kernel("model.kernel_up", kernel_up)

@@ -41,10 +41,6 @@ class RunResult:
     files: list[Path] = field(default_factory=list)
 
 
-def is_image_shaped(problem: InverseProblem) -> bool:
-    return tuple(problem.observation.shape[-2:]) == tuple(problem.image_shape)
-
-
 def choose_prediction(
     method: DeepImagePrior, stopping: StoppingCallback, status: str
 ) -> tuple[Prediction, str]:
@@ -230,7 +226,7 @@ def finalise(
 
     prediction = prediction.detach_cpu()
     files = save_image(output_dir, "reconstruction", prediction.mean)
-    measured_in_image_space = is_image_shaped(problem)
+    measured_in_image_space = problem.operator.measurement_in_image_space
     files += save_measurement(output_dir, "observation", problem.observation, problem.operator)
     if not measured_in_image_space or base_metrics:
         files += save_image(output_dir, "baseline", baseline.clamp(0, 1).cpu())

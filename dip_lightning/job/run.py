@@ -148,8 +148,8 @@ def build_method(cfg: DictConfig, problem: InverseProblem) -> DeepImagePrior:
     A replicated run (``method.replicates`` > 1) is checked against the stopping rule before any
     network is built.
     """
-    prior_cfg = cfg.prior.get("image_prior")
-    image_prior = build(prior_cfg) if prior_cfg else None
+    regulariser_cfg = cfg.get("regulariser")
+    image_prior = build(regulariser_cfg) if regulariser_cfg and "_target_" in regulariser_cfg else None
     method = build(cfg.method, net=build(architecture(cfg.model)), image_prior=image_prior)
     if method.replicates > 1:
         check_stopping(method.replicates, build(cfg.stopping.criterion))

@@ -29,7 +29,10 @@ FORMAT = 2
 
 def fingerprint(observation: Tensor) -> str:
     """A short hash of the measurement: equal only for the same data, operator, noise and seed."""
-    data = observation.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+    observation = observation.detach()
+    if observation.is_complex():  # both parts count: view them as a trailing axis of two reals
+        observation = torch.view_as_real(observation)
+    data = observation.to("cpu", torch.float32).contiguous().numpy().tobytes()
     return hashlib.sha256(data).hexdigest()[:16]
 
 

@@ -109,13 +109,18 @@ def run_case(image: str, sigma: float, args: argparse.Namespace, workdir: Path) 
     results = json.loads((output_dir / "stopping_monitor.json").read_text())
     results["seconds"] = seconds
     results["psnr_ema"] = json.loads((output_dir / "curves.json").read_text())["psnr_ema"]
+    decay = float(cfg.method.ema_decay)
+    results["ema_lag"] = round(decay / (1.0 - decay))  # the EMA read this much later is centred
     return results
 
 
 def ema_at(results: dict[str, Any], step: int | None) -> float | None:
-    """PSNR of the output EMA at ``step`` (from the run's curves), None when unknown."""
+    """PSNR of the output EMA at ``step`` (from the run's curves; the last one after the run's end,
+    as ``stopping.report=ema_centred`` does), None when unknown."""
     curve = results.get("psnr_ema") or []
-    return None if step is None or not 0 <= step < len(curve) else round(curve[step], 3)
+    if step is None or step < 0 or not curve:
+        return None
+    return round(curve[min(step, len(curve) - 1)], 3)
 
 
 def rows_of(image: str, sigma: float, results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -136,6 +141,9 @@ def rows_of(image: str, sigma: float, results: dict[str, Any]) -> list[dict[str,
                 "noise_std": None if entry.get("noise_std") is None else round(entry["noise_std"], 4),
                 "gap_db": round(entry["detection_gap"], 3),
                 "detected_ema_psnr": ema_at(results, entry["detected_step"]),
+                "centred_ema_psnr": None
+                if entry["detected_step"] is None
+                else ema_at(results, entry["detected_step"] + results["ema_lag"]),
                 "seconds": round(results["seconds"], 1),
             }
         )
@@ -159,6 +167,13 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     means = {c: statistics.fmean(r["gap_db"] for r in rows if r["criterion"] == c) for c in CRITERIA}
     lines.append("| **mean gap** | | | " + " | ".join(f"**{means[c]:.2f}**" for c in CRITERIA) + " |")
     return "\n".join(lines)
+
+
+REPORTED_COLUMNS = {
+    "detected_psnr": "output",
+    "detected_ema_psnr": "ema",
+    "centred_ema_psnr": "ema_centred",
+}
 
 
 def main() -> None:
@@ -213,6 +228,17 @@ def main() -> None:
         mean = statistics.fmean(r["gap_db"] for r in rows if r["criterion"] == name)
         verdict = "meets" if mean <= TARGET_GAP_DB else "misses"
         print(f"{name}: mean gap {mean:.2f} dB {verdict} the {TARGET_GAP_DB} dB goal")
+    print()
+    print("Mean PSNR of the image reported for the detection (stopping.report):")
+    for name in CRITERIA:
+        mine = [r for r in rows if r["criterion"] == name]
+        columns = {key: [r[key] for r in mine if r[key] is not None] for key in REPORTED_COLUMNS}
+        cells = ", ".join(
+            f"{label} {statistics.fmean(values):.2f}"
+            for label, values in zip(REPORTED_COLUMNS.values(), columns.values())
+            if values
+        )
+        print(f"  {name}: {cells} dB")
     print(f"total {time.perf_counter() - start:.0f} s; CSV: {args.csv}")
 
 

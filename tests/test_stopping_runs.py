@@ -17,7 +17,7 @@ import torch
 from omegaconf import open_dict
 
 from dip_lightning.errors import ConfigError
-from dip_lightning.job.results import stopping_lines
+from dip_lightning.job.results import REPORTED_SUFFIX, stopping_lines
 from dip_lightning.job.run import run
 from dip_lightning.metrics.image import psnr
 from dip_lightning.physics.ray_transform import CACHE_ENV_VAR
@@ -68,13 +68,15 @@ def saved_reconstruction_psnr(run_dir: Path) -> float:
 
 
 def assert_reports_the_detected_output(metrics: dict, run_dir: Path, criterion: str) -> None:
-    """The reconstruction on disk is the image reported at the detected step (the raw output, or
-    the output EMA there for criteria whose ``stopping.report`` is ``ema``), and the gap adds up."""
+    """The reconstruction on disk is the image reported for the detected step (the raw output, or
+    the output EMA for criteria whose ``stopping.report`` is ``ema`` or ``ema_centred``), and the
+    gap adds up."""
     for key in DETECTION_KEYS:
         assert key in metrics, f"{key} missing from metrics.json: {sorted(metrics)}"
     assert metrics["criterion"] == criterion
     assert 0 <= metrics["detected_step"] < metrics["steps"]
-    if metrics["reconstruction_source"] == f"stopping:{criterion} (output EMA)":
+    ema_sources = [f"stopping:{criterion}{suffix}" for suffix in REPORTED_SUFFIX.values()]
+    if metrics["reconstruction_source"] in ema_sources:
         reported = metrics["detected_ema_psnr"]
     else:
         assert metrics["reconstruction_source"] == f"stopping:{criterion}"
@@ -137,22 +139,45 @@ def test_wmv_stops_early_on_ct(small_config, tmp_path, monkeypatch):
     assert_stopped_early(metrics, patience=20, max_steps=CT_MAX_STEPS)
 
 
-@pytest.mark.parametrize("report", ["ema", "output"])
+@pytest.mark.parametrize("report", ["ema", "output", "ema_centred"])
 def test_report_chooses_the_ema_or_the_raw_output_at_the_detected_step(small_config, tmp_path, report):
     metrics = fit(
         small_config, "method=dip", *WMV, f"stopping.report={report}", f"trainer.max_steps={MAX_STEPS}"
     )
     curves = json.loads((tmp_path / "curves.json").read_text())
     step = metrics["detected_step"]
-    assert metrics["detected_ema_psnr" if report == "ema" else "detected_psnr"] == pytest.approx(
+    assert metrics["detected_psnr" if report == "output" else "detected_ema_psnr"] == pytest.approx(
         metrics["psnr"], abs=PSNR_TOLERANCE
     )
     assert metrics["detected_psnr"] == pytest.approx(curves["psnr"][step], abs=PSNR_TOLERANCE)
     if report == "ema":
         assert metrics["psnr"] == pytest.approx(curves["psnr_ema"][step], abs=PSNR_TOLERANCE)
         assert metrics["reconstruction_source"] == "stopping:wmv (output EMA)"
+    elif report == "ema_centred":
+        # The run stops 20 steps after the detection, before the EMA (lag 99) is centred on it:
+        # the last EMA is the closest to the centred one.
+        assert metrics["stop_step"] < step + 99
+        assert metrics["psnr"] == pytest.approx(curves["psnr_ema"][-1], abs=PSNR_TOLERANCE)
+        assert metrics["reconstruction_source"] == "stopping:wmv (output EMA centred on it)"
     else:
         assert metrics["reconstruction_source"] == "stopping:wmv"
+
+
+def test_centred_ema_is_read_one_mean_ema_age_after_the_detection(small_config, tmp_path):
+    # EMA decay 0.8: the mean age of its outputs is 0.8 / 0.2 = 4 steps, well inside the patience.
+    metrics = fit(
+        small_config,
+        "method=dip",
+        *WMV,
+        "method.ema_decay=0.8",
+        "stopping.report=ema_centred",
+        f"trainer.max_steps={MAX_STEPS}",
+    )
+    curves = json.loads((tmp_path / "curves.json").read_text())
+    step = metrics["detected_step"]
+    assert metrics["stopped_early"] and metrics["stop_step"] >= step + 4
+    assert metrics["psnr"] == pytest.approx(curves["psnr_ema"][step + 4], abs=PSNR_TOLERANCE)
+    assert metrics["detected_ema_psnr"] == pytest.approx(metrics["psnr"], abs=PSNR_TOLERANCE)
 
 
 def test_discrepancy_stops_at_the_simulated_noise_level(small_config, tmp_path):
@@ -324,7 +349,7 @@ def test_wmv_from_the_command_line(tmp_path):
         ["preset=small", "logger=none", "num_threads=1", *WMV, f"trainer.max_steps={MAX_STEPS}"], tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "wmv: reconstruction = output EMA at step" in result.stdout
+    assert "wmv: reconstruction = output EMA centred on step" in result.stdout
     assert "stopped at step" in result.stdout and "had not improved for 20 steps" in result.stdout
     (metrics_file,) = tmp_path.glob("outputs/**/metrics.json")
     metrics = json.loads(metrics_file.read_text())
@@ -383,5 +408,9 @@ def test_summary_lines_only_for_rules_whose_detection_is_reported():
     }
     lines = stopping_lines(metrics)
     assert lines[0] == "  wmv: reconstruction = output EMA at step 5"
+    centred = stopping_lines({**metrics, "reconstruction_source": "stopping:wmv (output EMA centred on it)"})
+    assert centred[0] == "  wmv: reconstruction = output EMA centred on step 5"
+    raw = stopping_lines({**metrics, "reconstruction_source": "stopping:wmv"})
+    assert raw[0] == "  wmv: reconstruction = raw output at step 5"
     assert lines[1] == "  stopped at step 9: its score had not improved for 4 steps since step 5"
     assert stopping_lines({**metrics, "criterion": "fixed", "reports_detection": False}) == []

@@ -41,6 +41,11 @@ class RunResult:
     files: list[Path] = field(default_factory=list)
 
 
+# How the source of a reconstruction names what the stopping callback reported for its detection.
+REPORTED_SUFFIX = {"ema": " (output EMA)", "ema_centred": " (output EMA centred on it)"}
+REPORTED_WORDS = {"ema_centred": "output EMA centred on", "ema": "output EMA at"}
+
+
 def choose_prediction(
     method: DeepImagePrior, stopping: StoppingCallback, status: str
 ) -> tuple[Prediction, str]:
@@ -58,8 +63,7 @@ def choose_prediction(
     detected, kind = stopping.reported_image()
     if stopping.reports_detection and detected is not None:
         prediction = dataclasses.replace(prediction, mean=detected.to(prediction.mean))
-        suffix = " (output EMA)" if kind == "ema" else ""
-        return prediction, f"stopping:{stopping.criterion.name}{suffix}"
+        return prediction, f"stopping:{stopping.criterion.name}{REPORTED_SUFFIX.get(kind, '')}"
     return prediction, method.reconstruction
 
 
@@ -284,8 +288,11 @@ def stopping_lines(m: dict[str, Any]) -> list[str]:
     """
     if not m.get("reports_detection") or m.get("detected_step") is None:
         return []
-    what = "output EMA" if "(output EMA)" in str(m.get("reconstruction_source")) else "raw output"
-    line = f"  {m['criterion']}: reconstruction = {what} at step {m['detected_step']}"
+    source = str(m.get("reconstruction_source"))
+    what = next(
+        (words for kind, words in REPORTED_WORDS.items() if REPORTED_SUFFIX[kind] in source), "raw output at"
+    )
+    line = f"  {m['criterion']}: reconstruction = {what} step {m['detected_step']}"
     if "detection_gap" in m:
         line += f" (raw output there {m['detected_psnr']:.2f} dB, {m['detection_gap']:.2f} dB below its peak)"
     lines = [line]

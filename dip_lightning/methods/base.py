@@ -329,7 +329,9 @@ class DeepImagePrior(NetworkSetup, PredictiveDistribution, pl.LightningModule):
             raise DivergenceError(self.global_step, "loss")
         self.log_step("train/loss", loss.detach())
         record = self.track_output(image.detach())
-        return step_output.step_output(loss, record.image, record.misfit, record.psnr, record.ema)
+        return step_output.step_output(
+            loss, record.image, record.misfit, record.psnr, record.ema, self.trajectory.ema_lag
+        )
 
     def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
         """Back-propagate the loss; for replicates their sum (the loss is their mean), which gives

@@ -87,6 +87,12 @@ class Trajectory:
         self.replica_images: Tensor | None = None
         self.replica_psnr_history: list[Tensor] = []
 
+    @property
+    def ema_lag(self) -> int:
+        """Mean age of the outputs averaged in the EMA, decay / (1 - decay) steps, rounded."""
+        decay = self.ema.decay
+        return round(decay / (1.0 - decay)) if decay < 1.0 else 0
+
     # ------------------------------------------------------------------ recording
     @torch.no_grad()
     def record(self, step: int, image: Tensor) -> StepRecord:

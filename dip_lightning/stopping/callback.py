@@ -24,8 +24,10 @@ from dip_lightning.tracking import step_output
 
 log = logging.getLogger(__name__)
 
-# What a run reports at the detected step: the method's output EMA there, or the raw output.
-REPORTS = ("ema", "output")
+# What a run reports for the detected step: the output EMA centred on it (read a mean EMA age
+# later), the output EMA at that step, or the raw output there (docs/stopping.md).
+REPORTS = ("ema_centred", "ema", "output")
+EMA_REPORTS = ("ema_centred", "ema")
 
 
 class StoppingCallback(pl.Callback):
@@ -34,8 +36,11 @@ class StoppingCallback(pl.Callback):
     Args:
         criterion: the stopping rule.
         report: ``"output"`` reports the raw network output at the detected step; ``"ema"`` the
-            method's output EMA at that step (kept on the device alongside the criterion's image;
-            steps that hand on no EMA fall back to the raw output).
+            method's output EMA at that step; ``"ema_centred"`` the EMA read one mean EMA age
+            (``ema_lag`` of the step outputs, 99 steps for a decay of 0.99) after the detected
+            step, so that the outputs it averages are centred on the detection; when training
+            ends sooner, the last EMA. Kept on the device alongside the criterion's image; steps
+            that hand on no EMA fall back to the raw output.
     """
 
     def __init__(self, criterion: StoppingCriterion, report: str = "output") -> None:
@@ -44,6 +49,9 @@ class StoppingCallback(pl.Callback):
         self.criterion = criterion
         self.report = str(check_choice("stopping.report", report, REPORTS))
         self._detected_ema: Tensor | None = None
+        # The detected step the kept EMA belongs to (-1: none yet), and the latest EMA.
+        self._ema_for_step: Tensor | None = None
+        self._latest_ema: Tensor | None = None
         self.stopped_early = False
         self.stop_step: int | None = None
 
@@ -91,8 +99,9 @@ class StoppingCallback(pl.Callback):
             misfit=step_output.value(outputs, step_output.MISFIT),
             psnr=step_output.value(outputs, step_output.PSNR),
         )
-        if self.report == "ema":
-            self._keep_ema(step, step_output.value(outputs, step_output.EMA))
+        if self.report in EMA_REPORTS:
+            lag = step_output.value(outputs, step_output.EMA_LAG) if self.report == "ema_centred" else 0
+            self._keep_ema(step, step_output.value(outputs, step_output.EMA), int(lag or 0))
         if stop and not self.stopped_early:
             self.stopped_early = True
             self.stop_step = step
@@ -104,24 +113,34 @@ class StoppingCallback(pl.Callback):
             )
         return stop
 
-    def _keep_ema(self, step: int, ema: Tensor | None) -> None:
-        """Copy the step's output EMA when this step became the detected one (branch-free)."""
+    def _keep_ema(self, step: int, ema: Tensor | None, lag: int) -> None:
+        """Copy the step's output EMA when it is ``lag`` steps after the detected step (branch-free)."""
         best_step = self.criterion.detected_step_tensor
         if ema is None or best_step is None:
             return
+        self._latest_ema = ema.detach()
         if self._detected_ema is None or self._detected_ema.shape != ema.shape:
             self._detected_ema = torch.zeros_like(ema)
+            self._ema_for_step = torch.full((), -1, dtype=torch.int64, device=ema.device)
         elif self._detected_ema.device != ema.device:
             self._detected_ema = self._detected_ema.to(ema.device)
-        hit = best_step.to(ema.device) == step
+            self._ema_for_step = self._ema_for_step.to(ema.device)
+        best_step = best_step.to(ema.device)
+        hit = (best_step >= 0) & (best_step + lag == step)
         self._detected_ema.copy_(torch.where(hit, ema.detach(), self._detected_ema))
+        self._ema_for_step.copy_(torch.where(hit, best_step, self._ema_for_step))
 
     @property
     def detected_ema(self) -> Tensor | None:
-        """The output EMA at the detected step (with ``report="ema"``), else None."""
-        if self._detected_ema is None or self.criterion.detected_step is None:
+        """The output EMA the run reports for the detected step (``report`` ``ema`` or
+        ``ema_centred``), else None. When training ended before the centred EMA could be read,
+        the last EMA is the closest to it."""
+        detected = self.criterion.detected_step
+        if self._detected_ema is None or detected is None:
             return None
-        return self._detected_ema.clone()
+        if self._ema_for_step is not None and int(self._ema_for_step) == detected:
+            return self._detected_ema.clone()
+        return None if self._latest_ema is None else self._latest_ema.clone()
 
     @property
     def reports_detection(self) -> bool:
@@ -130,9 +149,9 @@ class StoppingCallback(pl.Callback):
 
     def reported_image(self) -> tuple[Tensor | None, str]:
         """The image the run reports at the detection, and its label (``ema`` or ``output``)."""
-        ema = self.detected_ema if self.report == "ema" else None
+        ema = self.detected_ema if self.report in EMA_REPORTS else None
         if ema is not None:
-            return ema, "ema"
+            return ema, self.report
         return self.criterion.detected_image, "output"
 
     def stop_reason(self) -> str:
@@ -161,6 +180,8 @@ class StoppingCallback(pl.Callback):
             "stopped_early": self.stopped_early,
             "stop_step": self.stop_step,
             "detected_ema": None if self._detected_ema is None else self._detected_ema.detach().clone(),
+            "ema_for_step": None if self._ema_for_step is None else self._ema_for_step.detach().clone(),
+            "latest_ema": None if self._latest_ema is None else self._latest_ema.detach().clone(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -169,3 +190,6 @@ class StoppingCallback(pl.Callback):
         self.stop_step = state_dict["stop_step"]
         ema = state_dict.get("detected_ema")
         self._detected_ema = None if ema is None else ema.detach().clone()
+        for name in ("ema_for_step", "latest_ema"):
+            saved = state_dict.get(name)
+            setattr(self, f"_{name}", None if saved is None else saved.detach().clone())

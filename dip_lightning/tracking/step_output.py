@@ -25,13 +25,18 @@ PSNR = "psnr"
 """Its PSNR against the ground truth, 0-dim; None when the problem has none."""
 EMA = "ema"
 """The output EMA after this step, (1, C, H, W)."""
+EMA_LAG = "ema_lag"
+"""The mean age of the outputs in the EMA, in steps: decay / (1 - decay), 99 for 0.99. The EMA read
+this many steps after step t is centred on t."""
 
 StepOutput = dict[str, Any]
 
 
-def step_output(loss: Tensor, image: Tensor, misfit: Tensor, psnr: Tensor | None, ema: Tensor) -> StepOutput:
+def step_output(
+    loss: Tensor, image: Tensor, misfit: Tensor, psnr: Tensor | None, ema: Tensor, ema_lag: int = 0
+) -> StepOutput:
     """The dict ``training_step`` returns (``loss`` keeps its graph; the rest is detached)."""
-    return {LOSS: loss, IMAGE: image, MISFIT: misfit, PSNR: psnr, EMA: ema}
+    return {LOSS: loss, IMAGE: image, MISFIT: misfit, PSNR: psnr, EMA: ema, EMA_LAG: ema_lag}
 
 
 def value(outputs: Any, key: str) -> Any:

@@ -13,7 +13,7 @@ of scikit-image's ``camera`` with Gaussian noise of standard deviation ``--sigma
   samples (Matheron's rule).
 
     python benchmarks/gp_speed.py                 # 128 px, sigma 0.1
-    python benchmarks/gp_speed.py --size 64 --samples 16
+    python benchmarks/gp_speed.py --size 64 --samples 16 --threads 1
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ def _row(name: str, seconds: float, post: object | None, truth: torch.Tensor, ex
     std = float(post.variance.sqrt().mean()) if post.variance is not None else float("nan")  # type: ignore[attr-defined]
     print(
         f"{name:<34} {seconds:8.2f} s   PSNR {quality:6.2f} dB   noise_std {post.noise_std:.4f}"  # type: ignore[attr-defined]
-        f"   mean posterior std {std:.4f}   CG iterations {post.cg_iterations}{extra}"  # type: ignore[attr-defined]
+        f"   prior_scale {post.prior_scale:.3g}   mean posterior std {std:.4f}"  # type: ignore[attr-defined]
+        f"   CG iterations {post.cg_iterations}{extra}"  # type: ignore[attr-defined]
     )
 
 
@@ -51,7 +52,10 @@ def main() -> None:
     parser.add_argument("--sigma", type=float, default=0.1)
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     truth = PackageImage("camera", size=args.size).load().image[None].double()
     generator = torch.Generator().manual_seed(args.seed)

@@ -84,8 +84,10 @@ class Lanczos:
 
     def __init__(self, apply: MatVec, start: Tensor) -> None:
         self.apply = apply
+        self.shape = start.shape
         self.norms = _dot(start, start).sqrt()
-        self._basis = (start / _per_item(self.norms.clamp_min(1e-300), start)).unsqueeze(0)  # (k+1, B, ...)
+        first = (start / _per_item(self.norms.clamp_min(1e-300), start)).reshape(start.shape[0], 1, -1)
+        self._basis = first  # (B, capacity, n): row j of item b is its j-th Lanczos vector
         self._filled = 1
         self.alphas: list[Tensor] = []
         self.betas: list[Tensor] = []
@@ -97,9 +99,9 @@ class Lanczos:
         return len(self.alphas)
 
     def _append(self, v: Tensor) -> None:
-        if self._filled == self._basis.shape[0]:  # grow the storage geometrically
-            self._basis = torch.cat([self._basis, torch.empty_like(self._basis)])
-        self._basis[self._filled] = v
+        if self._filled == self._basis.shape[1]:  # grow the storage geometrically
+            self._basis = torch.cat([self._basis, torch.empty_like(self._basis)], 1)
+        self._basis[:, self._filled] = v
         self._filled += 1
 
     def extend(self, steps: int) -> None:
@@ -107,24 +109,23 @@ class Lanczos:
         for _ in range(steps):
             if not bool(self.active.any()):
                 return
-            basis = self._basis[: self._filled]
-            v = basis[-1]
-            w = self.apply(v)
-            alpha = _dot(w, v)
-            w = w - _per_item(alpha, w) * v
+            basis = self._basis[:, : self._filled]  # (B, k, n)
+            v = basis[:, -1]
+            w = self.apply(v.view(self.shape)).reshape(v.shape)
+            alpha = (w * v).sum(1)
+            w = w - alpha[:, None] * v
             if self.betas:
-                w = w - _per_item(self.betas[-1], w) * basis[-2]
+                w = w - self.betas[-1][:, None] * basis[:, -2]
             for _ in range(2):  # twice is enough to keep the basis orthogonal to working precision
-                coeff = (basis * w.unsqueeze(0)).flatten(2).sum(2)  # (k, B)
-                w = w - (coeff.view(*coeff.shape, *([1] * (w.ndim - 1))) * basis).sum(0)
-            beta = _dot(w, w).sqrt()
+                w = w - torch.bmm(basis.transpose(1, 2), torch.bmm(basis, w[..., None]))[..., 0]
+            beta = w.norm(dim=1)
             self.alphas.append(torch.where(self.active, alpha, torch.zeros_like(alpha)))
             self.lengths += self.active.long()
             self.active = self.active & (beta > 1e-10 * alpha.abs().clamp_min(1e-300))
             beta = torch.where(self.active, beta, torch.zeros_like(beta))
             self.betas.append(beta)
-            scaled = w / _per_item(beta.clamp_min(1e-300), w)
-            self._append(torch.where(_per_item(self.active, w), scaled, torch.zeros_like(w)))
+            scaled = w / beta.clamp_min(1e-300)[:, None]
+            self._append(torch.where(self.active[:, None], scaled, torch.zeros_like(w)))
 
     def _tridiagonal(self, item: int) -> Tensor:
         k = int(self.lengths[item])

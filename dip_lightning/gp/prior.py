@@ -155,12 +155,3 @@ class GPPrior:
         """``count`` prior draws (count, channels, H, W) on the periodic grid, float64."""
         noise = torch.randn(count, channels, *shape, generator=generator, dtype=torch.float64)
         return self.mean + self.apply_covariance(noise, 0.5)
-
-    # ------------------------------------------------------------------------------ regression
-    def posterior(
-        self, operator: object, observation: Tensor, noise_std: float | None = None, **kwargs: object
-    ):
-        """Shortcut for :func:`dip_lightning.gp.regression.posterior` with this prior."""
-        from dip_lightning.gp.regression import posterior
-
-        return posterior(self, operator, observation, noise_std, **kwargs)  # type: ignore[arg-type]

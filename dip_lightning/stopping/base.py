@@ -318,3 +318,16 @@ class StoppingCriterion(ABC):
         values = torch.stack(self._pending_scores).cpu().tolist()  # one transfer for the batch
         self._history.extend(zip(self._pending_steps, values))
         self._pending_steps, self._pending_scores = [], []
+
+
+class PatienceCriterion(StoppingCriterion):
+    """A rule that stops ``patience`` steps after its last new best score (ES-WMV, ES-EMV, the
+    oracle with a patience); ``patience=None`` never stops."""
+
+    patience: int | None = None
+
+    def _should_stop(self, step: int) -> bool:
+        return self._patience_exceeded(step, self.patience)
+
+    def stop_reason(self) -> str:
+        return self._patience_reason(self.patience)

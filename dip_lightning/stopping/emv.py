@@ -9,10 +9,10 @@ import torch
 from torch import Tensor
 
 from dip_lightning.errors import check_in_range, check_int, check_positive
-from dip_lightning.stopping.base import StoppingCriterion, accumulator_dtype
+from dip_lightning.stopping.base import PatienceCriterion, accumulator_dtype
 
 
-class ExponentialMovingVariance(StoppingCriterion):
+class ExponentialMovingVariance(PatienceCriterion):
     """ES-EMV: like ES-WMV with an exponentially weighted variance instead of a window.
 
     With forgetting factor a and d = x_t - m_{t-1} (the incremental form of Finch, 2009):
@@ -75,12 +75,6 @@ class ExponentialMovingVariance(StoppingCriterion):
         score = self._var.mean()
         self._keep_if(score < self._best_score, step, image, score)
         return score
-
-    def _should_stop(self, step: int) -> bool:
-        return self._patience_exceeded(step, self.patience)
-
-    def stop_reason(self) -> str:
-        return self._patience_reason(self.patience)
 
     def _extra_state(self) -> dict[str, Any]:
         return {"count": self._count}

@@ -7,10 +7,10 @@ import math
 from torch import Tensor
 
 from dip_lightning.errors import ConfigError, check_int
-from dip_lightning.stopping.base import Needs, StoppingCriterion, device_scalar
+from dip_lightning.stopping.base import Needs, PatienceCriterion, device_scalar
 
 
-class Oracle(StoppingCriterion):
+class Oracle(PatienceCriterion):
     """The step of best PSNR against the ground truth: an upper bound for the other criteria.
 
     It only exists for studies with a known image. With ``patience=None`` it never stops early;
@@ -43,9 +43,3 @@ class Oracle(StoppingCriterion):
         score = device_scalar(psnr, image.device, self._score_dtype(), "psnr")
         self._keep_if(score > self._best_score, step, image, score)
         return score
-
-    def _should_stop(self, step: int) -> bool:
-        return self._patience_exceeded(step, self.patience)
-
-    def stop_reason(self) -> str:
-        return self._patience_reason(self.patience)

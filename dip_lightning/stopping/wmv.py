@@ -8,10 +8,10 @@ import torch
 from torch import Tensor
 
 from dip_lightning.errors import check_int
-from dip_lightning.stopping.base import StoppingCriterion, accumulator_dtype
+from dip_lightning.stopping.base import PatienceCriterion, accumulator_dtype
 
 
-class WindowedMovingVariance(StoppingCriterion):
+class WindowedMovingVariance(PatienceCriterion):
     """ES-WMV: detect the step where the variance of the last ``window`` outputs is smallest.
 
     The score at step t is the mean over pixels of the per-pixel population variance (dividing by
@@ -100,12 +100,6 @@ class WindowedMovingVariance(StoppingCriterion):
         flat = self._sum.reshape(-1)
         spread = self._sum_sq - torch.dot(flat, flat) / self.window
         return spread.clamp_min(0.0) / (self.window * flat.numel())
-
-    def _should_stop(self, step: int) -> bool:
-        return self._patience_exceeded(step, self.patience)
-
-    def stop_reason(self) -> str:
-        return self._patience_reason(self.patience)
 
     def _extra_state(self) -> dict[str, Any]:
         return {"count": self._count}

@@ -1,5 +1,7 @@
-# Set-up and the two everyday commands. `make demo` and `make test` each create the environment
-# on first use (Python 3.11 virtualenv in .venv) and then run the demo job or the test suite.
+# Set-up and the everyday commands. `make demo`, `make test` and `make quick` each create the
+# environment on first use (Python 3.11 virtualenv in .venv) and then run the demo job, the test
+# suite (lint first; what CI runs), or the quick edit-and-test loop (tests not marked slow, heavy or
+# long: no servers, no `launch.py` subprocesses, no runs of several seconds).
 PYTHON ?= python3.11
 VENV ?= .venv
 # torch is installed first, on its own: on a machine with a local CPU wheel this takes seconds,
@@ -8,7 +10,7 @@ VENV ?= .venv
 TORCH_INSTALL ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: env demo test lint format clean
+.PHONY: env demo test quick lint format clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +33,9 @@ lint: env
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+quick: env
+	$(BIN)/python -m pytest -q -m 'not slow and not heavy and not long'
 
 format: env
 	$(BIN)/ruff check --fix .

@@ -7,6 +7,7 @@ a new YAML file there is tested without editing a list here.
 from __future__ import annotations
 
 import atexit
+import copy
 import functools
 import os
 import shutil
@@ -18,7 +19,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import DictConfig
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
 
 from dip_lightning.config import CONFIG_DIR, compose_config
 from dip_lightning.job import interrupt
@@ -72,12 +76,34 @@ def _ray_transform_cache(tmp_path_factory: pytest.TempPathFactory):
         yield
 
 
+@functools.cache
+def _composed(overrides: tuple[str, ...], config_name: str) -> DictConfig:
+    """The composed config with its Hydra node; composing takes about 0.4 s, a copy 0.02 s."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name, overrides=list(overrides), return_hydra_config=True)
+
+
+def compose_cached(overrides: list[str], output_dir: Path, config_name: str = "config") -> DictConfig:
+    """What :func:`dip_lightning.config.compose_config` returns, composing each set of overrides
+    once per test session (test_config.py checks that the two agree). Interpolations (``oc.env``,
+    ``hydra:``) stay unresolved in the copy, so they resolve as they would in a fresh config."""
+    cfg = copy.deepcopy(_composed(tuple(overrides), config_name))
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
 @pytest.fixture
 def small_config(tmp_path):
     """Compose the small preset with no logger, writing into tmp_path."""
 
     def make(*overrides: str) -> DictConfig:
-        return compose_config(["preset=small", "logger=none", *overrides], tmp_path)
+        return compose_cached(["preset=small", "logger=none", *overrides], tmp_path)
 
     return make
 

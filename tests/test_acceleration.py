@@ -47,6 +47,7 @@ def test_channels_last_computes_the_same_network(small_config):
     torch.testing.assert_close(nhwc.trajectory.ema.value, plain.trajectory.ema.value, atol=1e-5, rtol=0)
 
 
+@pytest.mark.long
 def test_compile_wraps_the_network_and_keeps_its_weight_names(small_config):
     plain = build_method(small_config(*TINY), build_problem(small_config(*TINY)))
     cfg = small_config(*TINY, "model.compile=true", "method=mfvi", "method.replicates=2")

@@ -5,7 +5,12 @@ from __future__ import annotations
 import csv
 import math
 
+import pytest
+
 from benchmarks import ct_table, replicates, step_speed
+
+# Each test runs a benchmark end to end: make test and CI run them, make quick does not.
+pytestmark = pytest.mark.long
 
 TINY = ["--sizes", "32", "--model", "skip_tiny", "--logger", "none", "--repeats", "1"]
 

@@ -23,6 +23,7 @@ from dip_lightning.physics.inpainting import Inpainting
 from dip_lightning.physics.noise import GaussianNoise
 from dip_lightning.physics.observation import make_observation
 from dip_lightning.physics.ray_transform import RayTransform
+from tests.conftest import config_options
 
 
 # ---------------------------------------------------------------- the NLL counts observed pixels
@@ -104,10 +105,12 @@ def operators(side: int, tmp_path) -> dict[str, nn.Module]:
         "inpainting": Inpainting.from_mask(soft),
         "downsampling": Downsampling(factor=2, image_shape=(side, side)),
         "ray_transform": RayTransform((side, side), num_angles=12, cache_dir=tmp_path),
+        "ray_transform_fan": RayTransform((side, side), num_angles=12, beam="fan", cache_dir=tmp_path),
     }
 
 
-@pytest.mark.parametrize("name", ["identity", "inpainting", "downsampling", "ray_transform"])
+# Every operator of conf/operator: operators() above must build each one.
+@pytest.mark.parametrize("name", config_options("operator"))
 def test_measurement_variance_of_correlated_samples_matches_a_sigma_a_transpose(
     name: str, tmp_path, monkeypatch
 ) -> None:

@@ -1,4 +1,8 @@
-"""End-to-end runs of `python launch.py` in a subprocess, as a user types them."""
+"""End-to-end runs of `python launch.py` in a subprocess, as a user types them.
+
+Each test starts the command line (about 10 s of start-up on two cores), so the file is marked
+``heavy``: `make test` and CI run it, `make quick` does not.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import run_cli
+from tests.conftest import config_options, run_cli
+
+pytestmark = pytest.mark.heavy
 
 SMALL = ["preset=small", "trainer.max_steps=20", "trainer.check_val_every_n_epoch=10"]
 RUN_FILES = (
@@ -35,7 +41,7 @@ def assert_complete_run(run_dir: Path) -> dict:
     return metrics
 
 
-@pytest.mark.parametrize("task", ["denoising", "super_resolution", "inpainting"])
+@pytest.mark.parametrize("task", config_options("task"))
 def test_each_task_runs_from_the_command_line(tmp_path, task):
     result = run_cli([f"task={task}", "method=dip", "logger=none", *SMALL], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -30,6 +30,7 @@ def test_the_fourier_problem_has_complex_noise_on_its_measurement(small_config):
     assert noise.imag.std().item() == pytest.approx(0.1, rel=0.2)
 
 
+@pytest.mark.long
 def test_dip_with_es_wmv_runs_on_kspace(small_config, tmp_path):
     cfg = small_config(
         *FOURIER,
@@ -52,6 +53,7 @@ def test_dip_with_es_wmv_runs_on_kspace(small_config, tmp_path):
     assert np.isrealobj(np.load(tmp_path / "reconstruction.npy"))
 
 
+@pytest.mark.long
 def test_mfvi_runs_on_kspace_with_finite_uncertainty_metrics(small_config, tmp_path):
     cfg = small_config(*FOURIER, "method=mfvi", "method.num_samples=4", "trainer.max_steps=20")
     run(cfg)

@@ -79,8 +79,12 @@ def outputs(cfg: DictConfig) -> tuple[Path, dict]:
     ("method", "extra"),
     [
         ("dip", ("data=ct_small",)),
-        ("sgld", ("method.burn_in=1", "method.sample_every=1", "noise=ct_poisson")),
-        ("mcdropout", ("regulariser.kind=isotropic", "operator=ray_transform_fan")),
+        pytest.param(
+            "sgld", ("method.burn_in=1", "method.sample_every=1", "noise=ct_poisson"), marks=pytest.mark.long
+        ),
+        pytest.param(
+            "mcdropout", ("regulariser.kind=isotropic", "operator=ray_transform_fan"), marks=pytest.mark.long
+        ),
     ],
 )
 def test_each_method_runs_dip_tv_on_ct(ct_config, method, extra):
@@ -200,6 +204,7 @@ def test_pretraining_then_educated_dip(tmp_path):
     assert metrics["status"] == "completed" and metrics["steps"] == 3
 
 
+@pytest.mark.long
 def test_pretraining_on_crops_checks_the_crop_size(tmp_path, monkeypatch):
     seen: list[tuple[int, ...]] = []
     original = SupervisedPretraining.forward
@@ -272,6 +277,7 @@ def test_pretraining_needs_a_checkpoint_path(tmp_path):
 # ------------------------------------------------------------------------------------------
 # The headline command
 # ------------------------------------------------------------------------------------------
+@pytest.mark.heavy
 def test_headline_command_line(tmp_path):
     result = run_cli(
         ["task=ct", "method=mfvi", "preset=small", "logger=none", *FEW_STEPS],

@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from benchmarks import ct_table
 
 
+@pytest.mark.long
 def test_ct_table_reports_phantoms_real_slices_and_files_separately(tmp_path, monkeypatch):
     monkeypatch.setenv("DIP_LIGHTNING_CACHE", str(tmp_path / "cache"))
     ramp = np.linspace(0, 255, 48 * 48).reshape(48, 48).astype(np.uint8)

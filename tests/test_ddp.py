@@ -27,6 +27,7 @@ DDP = [
 ]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("method", ["mfvi", "mcdropout"])
 def test_two_process_ddp_on_cpu_writes_once_from_rank_zero(tmp_path, method):
     result = run_cli([f"method={method}", *DDP], tmp_path, timeout=420)

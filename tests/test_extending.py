@@ -57,6 +57,7 @@ def test_the_guide_operator_has_an_exact_adjoint(extension: Path, monkeypatch) -
     assert adjoint_relative_error(module.ShiftBlur(), (16, 16)) < 1e-10
 
 
+@pytest.mark.heavy
 def test_the_guide_command_runs_the_new_operator_and_rule(extension: Path) -> None:
     env = cli_env(extension)
     env["PYTHONPATH"] = os.pathsep.join([str(extension), str(ROOT), env.get("PYTHONPATH", "")])

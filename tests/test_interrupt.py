@@ -40,6 +40,7 @@ def wait_for(pattern: str, root: Path, process: subprocess.Popen, timeout: float
     raise AssertionError(f"no {pattern} after {timeout} s")
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize(
     ("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"]
 )

@@ -67,6 +67,7 @@ def test_posterior_sgld_scales_the_data_term_to_the_gaussian_likelihood(small_co
         build_method(bad, build_problem(bad))
 
 
+@pytest.mark.long
 def test_psgld_run_reports_a_posterior_spread(small_config, tmp_path) -> None:
     run(
         small_config(

@@ -38,6 +38,13 @@ UNCERTAIN = ("sgld", "mcdropout", "mfvi")
 assert set(UNCERTAIN) <= set(METHODS), f"UNCERTAIN names a method missing from conf/method: {UNCERTAIN}"
 # The tasks of the MFVI-DIP comparison (conf/experiment/paper_<task>.yaml).
 PAPER_TASKS = [name.removeprefix("paper_") for name in config_options("experiment")]
+# Every method on every task; the quick loop runs one task per method (together every task), the
+# other pairs are marked ``long``.
+METHOD_TASK_PAIRS = [
+    pytest.param(method, task, marks=() if task == TASKS[j % len(TASKS)] else pytest.mark.long)
+    for j, method in enumerate(METHODS)
+    for task in TASKS
+]
 # SGLD needs its burn-in inside a few-step run to have samples.
 SHORT_SGLD = ("method.burn_in=1", "method.sample_every=1")
 
@@ -79,8 +86,7 @@ def read_json(path: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------- every task
-@pytest.mark.parametrize("task", TASKS)
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(("method", "task"), METHOD_TASK_PAIRS)
 def test_each_method_runs_on_each_task_and_writes_its_maps(small_config, tmp_path, method, task):
     cfg = small_config(
         f"task={task}",
@@ -309,7 +315,7 @@ def test_langevin_noise_is_the_same_on_every_rank(small_config):
 
 
 # ---------------------------------------------------------------------------------- MC dropout
-@pytest.mark.parametrize("order", ["before_norm", "after_activation"])
+@pytest.mark.parametrize("order", ["before_norm", pytest.param("after_activation", marks=pytest.mark.long)])
 def test_mc_dropout_variance_is_zero_exactly_without_dropout(small_config, order):
     """Any rate > 0 spreads the samples and rate 0 gives none. With dropout at the end of a block
     the spread of the untrained network grows with the rate; before BatchNorm the normalisation
@@ -543,7 +549,7 @@ class ScrambleWeights(pl.Callback):
                     p.add_(5.0 * torch.randn(p.shape, generator=generator))
 
 
-@pytest.mark.parametrize("method", ["dip", "sgld"])
+@pytest.mark.parametrize("method", ["dip", pytest.param("sgld", marks=pytest.mark.long)])
 def test_backtracking_takes_a_collapsed_step_again_from_the_previous_weights(small_config, method):
     steady = (*method_overrides(method), "method.input.perturbation_std=0")
     guarded = fit(small_config(*steady, "method.backtrack_db=5"), 14, callbacks=[ScrambleWeights(10)])

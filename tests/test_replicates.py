@@ -44,6 +44,7 @@ def fit(cfg, steps: int = STEPS):
     return method
 
 
+@pytest.mark.long
 @pytest.mark.parametrize(
     ("method", "task"), [("dip", "denoising"), ("mfvi", "super_resolution"), ("mfvi", "denoising")]
 )
@@ -133,6 +134,7 @@ def test_replicated_run_reports_each_replicate_and_their_spread(small_config, tm
     assert "2 replicates: PSNR" in capsys.readouterr().out
 
 
+@pytest.mark.long
 def test_a_resumed_replicated_run_continues_exactly(tmp_path):
     common = ("preset=small", "logger=none", "method=mfvi", "method.replicates=2", *FLOAT64[1:])
 

@@ -61,6 +61,7 @@ def assert_same_results(first: Path, second: Path) -> None:
     )
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("case", sorted(RESUME_CASES))
 def test_run_stopped_by_a_signal_resumes_to_the_uninterrupted_result(tmp_path, signal_handlers, case):
     overrides = RESUME_CASES[case]
@@ -85,6 +86,7 @@ def test_run_stopped_by_a_signal_resumes_to_the_uninterrupted_result(tmp_path, s
     assert_same_results(full, resumed)
 
 
+@pytest.mark.long
 def test_a_finished_run_continues_to_more_steps(tmp_path):
     full, _ = job(tmp_path, "full", "method=mcdropout", "trainer.max_steps=16")
     half, _ = job(tmp_path, "half", "method=mcdropout", "trainer.max_steps=8")
@@ -102,6 +104,7 @@ def test_resuming_with_another_learning_rate_says_it_is_not_applied(tmp_path, ca
     assert "keeps its saved learning rate 0.01; method.optimizer.lr=0.05 is not applied" in caplog.text
 
 
+@pytest.mark.long
 def test_a_cosine_run_resumes_only_on_its_own_step_budget(tmp_path, signal_handlers):
     cosine = ("method.lr_schedule=cosine",)
     stopped = tmp_path / "stopped"
@@ -117,6 +120,7 @@ def test_a_cosine_run_resumes_only_on_its_own_step_budget(tmp_path, signal_handl
     assert_same_results(full, resumed)
 
 
+@pytest.mark.long
 def test_checkpoints_are_periodic_complete_and_load_with_weights_only(tmp_path):
     directory, metrics = job(
         tmp_path,
@@ -163,6 +167,7 @@ def test_a_failing_checkpoint_write_does_not_stop_the_run(tmp_path, monkeypatch,
     assert list((directory / "checkpoints").iterdir()) == []  # the partial file was removed
 
 
+@pytest.mark.long
 def test_results_lost_to_a_full_disk_are_written_from_the_checkpoint(tmp_path, monkeypatch):
     full, _ = job(tmp_path, "full", "trainer.max_steps=6")
 

@@ -18,6 +18,7 @@ def read_metrics(cfg) -> dict:
     return json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
 
 
+@pytest.mark.long
 def test_denoising_beats_the_noisy_observation(small_config):
     cfg = small_config("trainer.max_steps=120", "method.reconstruction=last", "method.optimizer.lr=0.02")
     objective = run(cfg)

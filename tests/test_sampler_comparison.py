@@ -7,6 +7,8 @@ import itertools
 import json
 import math
 
+import pytest
+
 from benchmarks.sampler_comparison import grid, main, nearest, replay, searchers
 
 
@@ -28,6 +30,7 @@ def test_grid_and_nearest_point():
     assert nearest(cached, 0.0101) == 0.01 and nearest(cached, 0.49) == 0.5
 
 
+@pytest.mark.long
 def test_replays_are_seeded_and_the_paper_protocol_starts_with_its_four_points(tmp_path):
     cached = write_cache(tmp_path / "cache.jsonl")
     searches = searchers()
@@ -40,6 +43,7 @@ def test_replays_are_seeded_and_the_paper_protocol_starts_with_its_four_points(t
     assert first_four[-1] == expected
 
 
+@pytest.mark.long
 def test_compare_and_objective_steps_write_their_tables(tmp_path, capsys):
     write_cache(tmp_path / "cache.jsonl")
     main(["compare", "--cache", str(tmp_path / "cache.jsonl"), "--out", str(tmp_path), "--seeds", "2"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from wandb.proto import wandb_internal_pb2
 
 from tests.conftest import run_cli
@@ -23,6 +24,7 @@ def records(run_file: Path, kind: str) -> list:
     return found
 
 
+@pytest.mark.heavy
 def test_sweep_writes_a_wandb_summary_run_beside_its_trials(tmp_path):
     args = [
         "-m",

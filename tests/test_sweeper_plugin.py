@@ -188,6 +188,7 @@ def test_passwords_stay_out_of_logs():
     assert redact("postgresql://dip@127.0.0.1/studies") == "postgresql://dip@127.0.0.1/studies"
 
 
+@pytest.mark.heavy
 def test_paper_protocol_runs_the_four_initial_points_then_the_gp(tmp_path):
     args = [
         "-m",
@@ -223,6 +224,7 @@ def test_switching_sampler_drops_the_settings_it_does_not_take():
     assert isinstance(s.make_sampler(0, parse_search_space({}, [])), optuna.samplers.RandomSampler)
 
 
+@pytest.mark.heavy
 def test_a_study_written_by_optuna_2_10_is_upgraded_and_continued(tmp_path):
     """tests/data/optuna_2_10_study.db was written by optuna 2.10.1 (SQLAlchemy 1.4), as the old
     sweeper left studies: study 'old', two COMPLETE trials and one left RUNNING by a kill.

@@ -348,6 +348,7 @@ def test_report_of_a_partial_sweep_with_seeds(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------- end-to-end sweeps
+@pytest.mark.heavy
 def test_sweep_resumes_to_the_total_target_with_heldout_objective(tmp_path):
     """2 trials, then the same command with n_trials=3: one more trial, no repeated proposal."""
     args = [
@@ -383,6 +384,7 @@ def test_sweep_resumes_to_the_total_target_with_heldout_objective(tmp_path):
         assert (report.out / name).stat().st_size > 5_000, name
 
 
+@pytest.mark.heavy
 def test_diverging_and_failing_trials_do_not_end_the_sweep(tmp_path):
     args = [
         "-m",
@@ -425,6 +427,7 @@ KILL_STEPS = 80
 KILLED_AT = 40
 
 
+@pytest.mark.heavy
 def test_killed_sweep_continues_without_losing_or_repeating_trials(tmp_path):
     args = [
         "-m",
@@ -462,6 +465,7 @@ def test_killed_sweep_continues_without_losing_or_repeating_trials(tmp_path):
         assert metrics["status"] == "completed" and metrics["steps"] == KILL_STEPS
 
 
+@pytest.mark.heavy
 def test_multi_objective_sweep_runs_trials_in_parallel_with_joblib(tmp_path):
     args = [
         "-m",
@@ -494,6 +498,7 @@ def test_multi_objective_sweep_runs_trials_in_parallel_with_joblib(tmp_path):
     assert (report.out / "pareto.png").is_file() and report.metrics == ["psnr", "uce"]
 
 
+@pytest.mark.heavy
 def test_unknown_metric_stops_before_any_trial(tmp_path):
     result = run_cli(["-m", "hparams_search=tv_lambda", *FAST, "optimized_metric=psnrr"], tmp_path)
     assert result.returncode == 1

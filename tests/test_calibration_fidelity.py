@@ -18,6 +18,7 @@ from dip_lightning.methods.prediction import Prediction, measurement_variance
 from dip_lightning.metrics.uncertainty import uce
 from dip_lightning.physics import ray_transform as rt
 from dip_lightning.physics.downsampling import Downsampling
+from dip_lightning.physics.fourier import MaskedFourier
 from dip_lightning.physics.identity import Identity
 from dip_lightning.physics.inpainting import Inpainting
 from dip_lightning.physics.noise import GaussianNoise
@@ -106,6 +107,7 @@ def operators(side: int, tmp_path) -> dict[str, nn.Module]:
         "downsampling": Downsampling(factor=2, image_shape=(side, side)),
         "ray_transform": RayTransform((side, side), num_angles=12, cache_dir=tmp_path),
         "ray_transform_fan": RayTransform((side, side), num_angles=12, beam="fan", cache_dir=tmp_path),
+        "fourier": MaskedFourier((side, side), acceleration=2.0),
     }
 
 
@@ -123,8 +125,8 @@ def test_measurement_variance_of_correlated_samples_matches_a_sigma_a_transpose(
     estimate = measurement_variance(samples, operator).double().flatten()
     # diag(A G G^T A^T) is the row sum of (A G)^2; A applied to the columns of G.
     columns = root.T.contiguous().view(-1, 1, side, side)
-    a_root = operator(columns).double().flatten(1).T  # (measurements, pixels)
-    exact = a_root.square().sum(dim=1)
+    a_root = operator(columns).flatten(1).T  # (measurements, pixels), complex for k-space
+    exact = a_root.abs().double().square().sum(dim=1)  # diag(A Sigma A^H)
     informative = exact > 1e-6 * exact.max()
     relative = (estimate[informative] - exact[informative]).abs() / exact[informative]
     # The sample variance of N Gaussian draws has relative std sqrt(2 / N) (1.8 % here).

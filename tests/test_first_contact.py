@@ -37,10 +37,10 @@ def one_thread():
 @pytest.mark.parametrize(
     ("overrides", "target", "report"),
     [
-        ((), WMV, "ema"),  # plain DIP stops early and reports the output EMA at the detection
-        (("method=dip", "task=ct"), WMV, "ema"),
+        ((), WMV, "ema_centred"),  # plain DIP stops early, reports the EMA centred on the detection
+        (("method=dip", "task=ct"), WMV, "ema_centred"),
         (("stopping=fixed",), FIXED, None),  # the command line replaces the default
-        (("stopping=emv",), "dip_lightning.stopping.emv.ExponentialMovingVariance", "ema"),
+        (("stopping=emv",), "dip_lightning.stopping.emv.ExponentialMovingVariance", "ema_centred"),
         (("method=mfvi",), FIXED, None),  # methods that do not overfit run to their budget
         (("method=sgld",), FIXED, None),
         (("method=mcdropout",), FIXED, None),

@@ -22,7 +22,7 @@ from dip_lightning.job.run import run
         ("checkpoint.every_n_steps=2.5", "checkpoint.every_n_steps", "integer >= 0"),
         ("trainer.devices=0", "trainer.devices", "Lightning does not accept it"),
         ("trainer.precision=half", "trainer.precision", "Allowed precision values"),
-        ("method.optimizer.lr=inf", "method.optimizer.lr", "finite number >= 0"),
+        ("method.optimizer.lr=inf", "method.optimizer.lr", r"number >= 0 \(finite\)"),
     ],
 )
 def test_bad_run_settings_fail_before_training(small_config, tmp_path, override, setting, allowed):

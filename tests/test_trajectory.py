@@ -89,7 +89,9 @@ def test_training_step_returns_the_step_outputs(small_config):
         step_output.MISFIT,
         step_output.PSNR,
         step_output.EMA,
+        step_output.EMA_LAG,
     }
+    assert outputs[step_output.EMA_LAG] == 99  # decay 0.99: the mean age of the averaged outputs
     assert outputs[step_output.LOSS].requires_grad
     assert not outputs[step_output.IMAGE].requires_grad and outputs[step_output.IMAGE].shape == (1, 1, 32, 32)
     assert outputs[step_output.MISFIT].dim() == 0 and outputs[step_output.PSNR].dim() == 0

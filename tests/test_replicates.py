@@ -112,6 +112,7 @@ def test_a_single_network_method_refuses_replicates():
         DIP(net=lambda **_: nn.Identity(), optimizer=torch.optim.Adam, replicates=2)
 
 
+@pytest.mark.long
 def test_replicated_run_reports_each_replicate_and_their_spread(small_config, tmp_path, capsys):
     cfg = small_config(FIXED, "method.replicates=2", "data.size=32", "trainer.max_steps=6")
     run(cfg)

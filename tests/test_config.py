@@ -9,10 +9,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from dip_lightning import config
 from dip_lightning.config import CONFIG_DIR, build, compose_config
 from dip_lightning.errors import ConfigError
 from dip_lightning.priors import TotalVariation
-from tests.conftest import compose_cached, config_options
+from tests.conftest import HYDRA_COMPOSE, config_options
 
 TASKS = config_options("task")
 METHODS = config_options("method")
@@ -31,15 +32,15 @@ def leaves(node: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, Any]]
     "overrides",
     [["preset=small", "task=ct", "method=mfvi"], ["hparams_search=tv_lambda", "regulariser.weight=1e-3"]],
 )
-def test_cached_composition_is_what_compose_config_returns(tmp_path, overrides):
-    for _ in range(2):  # the second call copies the cached composition
-        cached = compose_cached(overrides, tmp_path / "cached")
-        resolved = OmegaConf.to_container(cached, resolve=True)
-        fresh = compose_config(overrides, tmp_path / "cached")
-        assert resolved == OmegaConf.to_container(fresh, resolve=True)
-        assert OmegaConf.to_yaml(cached) == OmegaConf.to_yaml(fresh)
-    cached.method.optimizer.lr = 123.0  # a test may change its copy; the next one is untouched
-    assert compose_cached(overrides, tmp_path).method.optimizer.lr != 123.0
+def test_cached_composition_is_a_fresh_one(tmp_path, monkeypatch, overrides):
+    """The tests compose each set of overrides once (tests/conftest.py); the copies they get are
+    what Hydra composes afresh, and changing one leaves the next untouched."""
+    cached = [compose_config(overrides, tmp_path) for _ in range(2)]
+    cached[0].method.optimizer.lr = 123.0
+    monkeypatch.setattr(config, "compose", HYDRA_COMPOSE)
+    fresh = compose_config(overrides, tmp_path)
+    assert OmegaConf.to_yaml(cached[1]) == OmegaConf.to_yaml(fresh)
+    assert OmegaConf.to_container(cached[1], resolve=True) == OmegaConf.to_container(fresh, resolve=True)
 
 
 @pytest.mark.parametrize("task", TASKS)

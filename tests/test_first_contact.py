@@ -132,6 +132,7 @@ def test_format_seconds():
 # ------------------------------------------------------------------------------ end of a run
 
 
+@pytest.mark.long
 def test_a_run_says_where_its_images_are_and_how_to_see_the_wandb_run(tmp_path, capsys, one_thread):
     cfg = compose_config(
         ["preset=small", "logger=wandb", "num_threads=1", "trainer.max_steps=20", "data.size=32"], tmp_path

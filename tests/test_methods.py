@@ -129,6 +129,7 @@ def test_each_method_runs_on_each_task_and_writes_its_maps(small_config, tmp_pat
 
 
 # ---------------------------------------------------------------------------------- evaluation
+@pytest.mark.long
 def test_validation_is_logged_every_n_steps_and_the_end_is_in_metrics(small_config, tmp_path):
     cfg = small_config(
         "method=mfvi",
@@ -315,7 +316,8 @@ def test_langevin_noise_is_the_same_on_every_rank(small_config):
 
 
 # ---------------------------------------------------------------------------------- MC dropout
-@pytest.mark.parametrize("order", ["before_norm", pytest.param("after_activation", marks=pytest.mark.long)])
+@pytest.mark.long
+@pytest.mark.parametrize("order", ["before_norm", "after_activation"])
 def test_mc_dropout_variance_is_zero_exactly_without_dropout(small_config, order):
     """Any rate > 0 spreads the samples and rate 0 gives none. With dropout at the end of a block
     the spread of the untrained network grows with the rate; before BatchNorm the normalisation

@@ -118,6 +118,7 @@ def test_a_method_opts_into_replicates_with_its_class_attribute():
         MCDropoutDIP(net=lambda **_: nn.Identity(), optimizer=torch.optim.Adam, replicates=2)
 
 
+@pytest.mark.long
 def test_replicated_run_reports_each_replicate_and_their_spread(small_config, tmp_path, capsys):
     cfg = small_config(FIXED, "method.replicates=2", "data.size=32", "trainer.max_steps=6")
     run(cfg)

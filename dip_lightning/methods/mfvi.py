@@ -12,9 +12,14 @@ from typing import Any
 
 from torch import Tensor
 
-from dip_lightning.errors import check_finite, check_positive
+from dip_lightning.errors import check_positive
 from dip_lightning.methods.base import DeepImagePrior
-from dip_lightning.models.bayesian import kl_divergence, mean_field_conv_factory
+from dip_lightning.models.bayesian import (
+    check_posterior_init,
+    check_prior,
+    kl_divergence,
+    mean_field_conv_factory,
+)
 
 
 class MeanFieldDIP(DeepImagePrior):
@@ -47,12 +52,9 @@ class MeanFieldDIP(DeepImagePrior):
         kwargs.setdefault("reconstruction", "predictive_mean")
         kwargs.setdefault("num_samples", 25)
         super().__init__(*args, **kwargs)
-        self.prior_mu = float(check_finite("prior.mu", prior_mu))
-        self.prior_sigma = float(check_positive("prior.sigma", prior_sigma))
+        self.prior_mu, self.prior_sigma = check_prior(prior_mu, prior_sigma)
         self.kl_weight = float(check_positive("method.kl_weight", kl_weight, allow_zero=True))
-        check_positive("method.mu_init_std", mu_init_std, allow_zero=True)
-        check_positive("method.rho_init_std", rho_init_std, allow_zero=True)
-        check_finite("method.rho_init_mean", rho_init_mean)
+        check_posterior_init(mu_init_std, rho_init_mean, rho_init_std)
         self.posterior_init = {
             "mu_init_std": float(mu_init_std),
             "rho_init_mean": float(rho_init_mean),

@@ -280,6 +280,8 @@ def run_job(cfg: DictConfig) -> float | tuple[float, ...]:
 
     with interrupt.phase(interrupt.Phase.DEFERRED):
         status, reason, seconds = fit(trainer, method, resume_from)
+        if trainer.global_rank == 0 and status == STATUS_COMPLETED:
+            status, reason, seconds = after_fit(method, seconds)
         if trainer.global_rank != 0:
             # A data-parallel helper rank only trains: rank zero evaluates, writes the files and logs.
             if status == STATUS_INTERRUPTED:
@@ -330,6 +332,23 @@ def write_results(
                 f"the same command with ckpt_path={saver.path} to continue from there and write the results"
             )
         raise OutputWriteError(output_dir, str(error), hint) from error
+
+
+def after_fit(method: DeepImagePrior, seconds: float) -> tuple[str, str, float]:
+    """Run the method's :meth:`~DeepImagePrior.after_fit` step; its time counts in the run's.
+
+    A signal raises at once here: training is over and its checkpoint written, so stopping loses
+    only this step, and the results are those of the fitted network.
+    """
+    start = time.perf_counter()
+    try:
+        with interrupt.phase(interrupt.Phase.IMMEDIATE):
+            method.after_fit()
+    except KeyboardInterrupt:
+        reason = f"{interrupt.describe()} during the step after training; reporting the fitted network"
+        log.warning(reason)
+        return STATUS_INTERRUPTED, reason, seconds + time.perf_counter() - start
+    return STATUS_COMPLETED, "", seconds + time.perf_counter() - start
 
 
 def fit(trainer: pl.Trainer, method: DeepImagePrior, resume_from: Path | None) -> tuple[str, str, float]:

@@ -254,6 +254,15 @@ class DeepImagePrior(NetworkSetup, PredictiveDistribution, pl.LightningModule):
                 checksum,
             )
 
+    def after_fit(self) -> None:
+        """Work done once, after training and before the results are evaluated.
+
+        For a method whose expensive part needs the fitted weights but not every step (a
+        linearisation around them, a closed-form posterior). The job calls it on the rank that
+        writes the results, unless training diverged or was interrupted; a signal during it ends
+        it at once and the run reports what training gave. Plain DIP does nothing here.
+        """
+
     def build_optimizer(self) -> torch.optim.Optimizer:
         """The configured optimiser over every parameter (a fitted operator's too); samplers
         build their own."""

@@ -55,3 +55,23 @@ def test_ct_table_runs_per_method_budgets_and_reuses_finished_jobs(tmp_path, mon
     assert [r["psnr"] for r in again] == [r["psnr"] for r in rows]
     ct_table.main([a if a != "dip=2" else "dip=3" for a in args])  # another budget: run again
     assert metrics.stat().st_mtime_ns != written
+
+
+def test_phase_retrieval_table_quick_mode_scores_hio_and_dip(tmp_path):
+    from benchmarks import phase_retrieval_table
+
+    out = tmp_path / "pr.csv"
+    rows = phase_retrieval_table.main(
+        ["--quick", "--images", "shepp_logan", "--out-dir", str(tmp_path / "runs"), "--csv", str(out)]
+    )
+    assert [(r["noise"].split()[0], r["method"]) for r in rows] == [
+        ("none", "HIO+ER"),
+        ("none", "DIP @wmv"),
+        ("poisson", "HIO+ER"),
+        ("poisson", "DIP @wmv"),
+    ]
+    for hio, dip in (rows[:2], rows[2:]):
+        assert math.isfinite(hio["psnr"]) and math.isfinite(dip["psnr"])
+        assert dip["vs_hio"] == dip["psnr"] - hio["psnr"] and dip["steps"] == 5
+    with open(out) as handle:
+        assert len(list(csv.DictReader(handle))) == 4

@@ -273,3 +273,21 @@ def test_task_runs_scores_after_alignment_and_reports_hio(small_config, tmp_path
     truth = torch.from_numpy(np.load(tmp_path / "ground_truth.npy"))[None]
     assert float(psnr(reconstruction, truth)) == pytest.approx(metrics["psnr"], abs=1e-3)
     assert (tmp_path / "baseline.png").is_file() and (tmp_path / "observation.png").is_file()
+
+
+def test_evaluation_and_per_step_psnr_score_the_aligned_estimate() -> None:
+    from dip_lightning.methods.evaluation import evaluate_prediction
+    from dip_lightning.methods.prediction import Prediction
+    from dip_lightning.methods.trajectory import Trajectory
+    from dip_lightning.physics.noise import NoNoise
+
+    truth = blob().float()
+    problem = make_observation(truth[0], PhaseRetrieval((16, 16)), NoNoise(), seed=0)
+    estimate = torch.roll(flipped(truth), (1, -2), dims=(-2, -1))
+    assert float(psnr(estimate, truth)) < 30  # unaligned, it is far off
+    zeros = torch.zeros_like(estimate)
+    metrics = evaluate_prediction(Prediction(estimate, zeros, zeros.clone()), problem)
+    assert metrics["psnr"] == math.inf and metrics["ssim"] == pytest.approx(1.0)
+    assert problem.aligned(estimate).equal(truth)
+    record = Trajectory(problem, ema_decay=0.0).record(0, estimate)
+    assert float(record.psnr) == math.inf

@@ -61,9 +61,8 @@ def test_phase_retrieval_table_quick_mode_scores_hio_and_dip(tmp_path):
     from benchmarks import phase_retrieval_table
 
     out = tmp_path / "pr.csv"
-    rows = phase_retrieval_table.main(
-        ["--quick", "--images", "shepp_logan", "--out-dir", str(tmp_path / "runs"), "--csv", str(out)]
-    )
+    common = ["--quick", "--images", "shepp_logan", "--out-dir", str(tmp_path / "runs"), "--csv", str(out)]
+    rows = phase_retrieval_table.main(common)
     assert [(r["noise"].split()[0], r["method"]) for r in rows] == [
         ("none", "HIO+ER"),
         ("none", "DIP @wmv"),
@@ -75,3 +74,6 @@ def test_phase_retrieval_table_quick_mode_scores_hio_and_dip(tmp_path):
         assert dip["vs_hio"] == dip["psnr"] - hio["psnr"] and dip["steps"] == 5
     with open(out) as handle:
         assert len(list(csv.DictReader(handle))) == 4
+    fed = phase_retrieval_table.main([*common, "--noises", "none", "--variants", "hio_input"])
+    assert [r["method"] for r in fed] == ["HIO+ER", "DIP, HIO input @wmv"]
+    assert fed[0]["psnr"] == rows[0]["psnr"]  # the same observation and HIO run

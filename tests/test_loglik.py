@@ -165,3 +165,115 @@ def test_bad_jitter_and_samples_are_refused():
         SampleCovariance(torch.zeros(1, 1, 2, 2))
     with pytest.raises(ValueError, match="not positive definite"):
         gaussian_loglik(x, x, DenseCovariance(-torch.eye(4)), None, jitter=1e-6)
+
+
+# ------------------------------------------------------------------ in the evaluation of a method
+def sampled_prediction(count: int = 6, shape=(1, 1, 16, 16), seed: int = 10):
+    from dip_lightning.methods.prediction import Prediction
+
+    g = torch.Generator().manual_seed(seed)
+    samples = torch.randn(count, *shape[1:], generator=g)
+    mean = samples.mean(dim=0, keepdim=True)
+    epistemic = samples.var(dim=0, unbiased=False, keepdim=True)
+    prediction = Prediction(mean, epistemic, torch.zeros_like(mean), epistemic.clone(), samples=samples)
+    return prediction, torch.randn(shape, generator=g)
+
+
+def test_evaluation_reports_each_patch_size_and_the_full_covariance_of_small_images():
+    from dip_lightning.methods.evaluation import LogLikelihood
+    from dip_lightning.metrics.uncertainty import gaussian_nll
+
+    prediction, truth = sampled_prediction()
+    settings = LogLikelihood(patch_sizes=[1, 4], full_max_pixels=256, jitter=1e-6)
+    metrics = settings.evaluate(prediction, truth)
+    assert set(metrics) == {"test_loglik_p1", "test_loglik_p4", "test_loglik_full"}
+    nll = gaussian_nll(truth.double(), prediction.mean.double(), prediction.epistemic.double() + 1e-6)
+    assert metrics["test_loglik_p1"] == pytest.approx(-float(nll), rel=1e-6)
+    shrunk = SampleCovariance(prediction.samples, shrink=True)
+    assert metrics["test_loglik_full"] == pytest.approx(gaussian_loglik(truth, prediction.mean, shrunk, None))
+    assert "test_loglik_full" not in LogLikelihood(patch_sizes=[1], full_max_pixels=255).evaluate(
+        prediction, truth
+    )
+
+
+def test_a_methods_own_covariance_is_preferred_to_its_samples():
+    import dataclasses
+
+    from dip_lightning.methods.evaluation import LogLikelihood
+
+    prediction, truth = sampled_prediction()
+    analytic = dataclasses.replace(prediction, covariance=DenseCovariance(torch.eye(256) * 4.0))
+    metrics = LogLikelihood(patch_sizes=[2], full_max_pixels=0).evaluate(analytic, truth)
+    assert metrics["test_loglik_p2"] == pytest.approx(isotropic_loglik(truth, prediction.mean, 4.0 + 1e-6))
+    assert LogLikelihood().evaluate(dataclasses.replace(prediction, samples=None), truth) == {}
+
+
+def test_evaluate_prediction_adds_the_columns_only_with_uncertainty():
+    from dip_lightning.methods.evaluation import evaluate_prediction
+    from dip_lightning.methods.prediction import Prediction
+    from dip_lightning.physics.identity import Identity
+    from dip_lightning.physics.noise import NoNoise
+    from dip_lightning.physics.observation import make_observation
+
+    prediction, truth = sampled_prediction()
+    problem = make_observation(truth, Identity(), NoNoise(), seed=0)
+    metrics = evaluate_prediction(prediction, problem)
+    assert {"test_loglik_p1", "test_loglik_p2", "test_loglik_p10", "test_loglik_full"} <= set(metrics)
+    point = Prediction(prediction.mean, torch.zeros_like(truth), torch.zeros_like(truth))
+    assert not any(key.startswith("test_loglik") for key in evaluate_prediction(point, problem))
+
+
+def test_replicates_pool_their_samples():
+    from dip_lightning.methods.replicates import ensemble
+
+    first, _ = sampled_prediction(seed=11)
+    second, _ = sampled_prediction(seed=12)
+    pooled = ensemble([first, second], torch.nn.Identity())
+    assert pooled.samples.shape[0] == 12
+    variance = pooled.samples.var(dim=0, unbiased=False, keepdim=True)
+    assert torch.allclose(variance, pooled.epistemic, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("override", "setting"),
+    [
+        ({"patch_sizes": [0]}, "calibration.loglik.patch_sizes"),
+        ({"patch_sizes": 2}, "calibration.loglik.patch_sizes"),
+        ({"full_max_pixels": -1}, "calibration.loglik.full_max_pixels"),
+        ({"jitter": 0.0}, "calibration.loglik.jitter"),
+        ({"shrink": "yes"}, "calibration.loglik.shrink"),
+    ],
+)
+def test_bad_loglik_settings_name_the_setting(override, setting):
+    from dip_lightning.methods.evaluation import LogLikelihood
+
+    with pytest.raises(ConfigError, match=setting):
+        LogLikelihood(**override)
+
+
+def test_a_patch_bigger_than_the_image_stops_the_run_before_training(small_config):
+    from dip_lightning.job.run import build_method, build_problem
+
+    cfg = small_config("task=denoising", "calibration.loglik.patch_sizes=[1,100]")
+    with pytest.raises(ConfigError, match=r"calibration.loglik.patch_sizes=100.*at most 64"):
+        build_method(cfg, build_problem(cfg))
+
+
+def test_thinned_samples_stay_bounded_and_evenly_spread():
+    from dip_lightning.metrics.running import ThinnedSamples
+
+    kept = ThinnedSamples(4)
+    for step in range(20):
+        kept.update(torch.full((1, 2, 2), float(step)))
+    values = kept.stacked()[:, 0, 0, 0].tolist()
+    assert values == [0.0, 8.0, 16.0]  # stride 8 after two halvings
+    restored = ThinnedSamples(4)
+    restored.load_state_dict(kept.state_dict())
+    for step in range(20, 33):
+        kept.update(torch.full((1, 2, 2), float(step)))
+        restored.update(torch.full((1, 2, 2), float(step)))
+    assert torch.equal(kept.stacked(), restored.stacked())
+    assert kept.count <= 4
+    assert ThinnedSamples(0).stacked() is None
+    with pytest.raises(ConfigError, match="method.kept_samples"):
+        ThinnedSamples(-1)

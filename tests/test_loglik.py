@@ -10,6 +10,7 @@ import torch
 from dip_lightning.errors import ConfigError
 from dip_lightning.metrics.loglik import (
     DenseCovariance,
+    DiagonalCovariance,
     SampleCovariance,
     gaussian_loglik,
     image_noise_variance,
@@ -130,6 +131,9 @@ def test_isotropic_score_and_its_optimal_variance():
     assert score > isotropic_loglik(truth, mean, 0.5 * best)
     dense = gaussian_loglik(truth, mean, DenseCovariance(torch.eye(64) * best), 1, jitter=1e-300)
     assert dense == pytest.approx(score, rel=1e-9)
+    diagonal = DiagonalCovariance(torch.full((1, 1, 8, 8), best))
+    for patch in (1, 4, None):
+        assert gaussian_loglik(truth, mean, diagonal, patch, jitter=1e-300) == pytest.approx(score, rel=1e-9)
 
 
 def test_image_noise_variance_of_the_identity_is_the_noise_variance():
@@ -277,3 +281,17 @@ def test_thinned_samples_stay_bounded_and_evenly_spread():
     assert ThinnedSamples(0).stacked() is None
     with pytest.raises(ConfigError, match="method.kept_samples"):
         ThinnedSamples(-1)
+
+
+@pytest.mark.long
+def test_sgld_prediction_carries_its_thinned_samples(small_config):
+    from tests.test_methods import fit
+
+    cfg = small_config("method=sgld", "method.burn_in=1", "method.sample_every=1", "method.kept_samples=3")
+    method = fit(cfg, 8)
+    prediction = method.predict_distribution()
+    assert method.samples.count > 3
+    assert prediction.samples is not None and 2 <= prediction.samples.shape[0] <= 3
+    assert prediction.samples.shape[1:] == prediction.mean.shape[1:]
+    with pytest.raises(ConfigError, match="method.kept_samples"):
+        fit(small_config("method=sgld", "method.kept_samples=-1"), 1)

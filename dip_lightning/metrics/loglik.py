@@ -30,6 +30,7 @@ from dip_lightning.metrics.image import check_same_shape
 __all__ = [
     "BlockCovariance",
     "DenseCovariance",
+    "DiagonalCovariance",
     "SampleCovariance",
     "check_patch_size",
     "gaussian_loglik",
@@ -93,6 +94,17 @@ class DenseCovariance:
     def block_covariance(self, index: Tensor) -> Tensor:
         index = index.to(self.matrix.device)
         return self.matrix[index[:, :, None], index[:, None, :]].double()
+
+
+class DiagonalCovariance:
+    """Independent pixels with the given variances (C, H, W) or (1, C, H, W): every patch size
+    then gives the same value, the sum of per-pixel Gaussian log-densities."""
+
+    def __init__(self, variance: Tensor) -> None:
+        self.variance = variance.detach().reshape(-1)
+
+    def block_covariance(self, index: Tensor) -> Tensor:
+        return torch.diag_embed(self.variance[index.to(self.variance.device)].double())
 
 
 def check_patch_size(patch_size: object, image_shape: tuple[int, int], setting: str = "patch_size") -> int:

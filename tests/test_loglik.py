@@ -99,6 +99,9 @@ def test_shrinkage_halves_the_off_diagonal_and_keeps_the_variances():
     assert torch.allclose(torch.diagonal(shrunk), torch.diagonal(raw))
     off = ~torch.eye(9, dtype=torch.bool)
     assert torch.allclose(shrunk[off], 0.5 * raw[off])
+    about_zero = SampleCovariance(samples, shrink=False, centre=torch.zeros(1, 1, 3, 3))
+    flat = samples.reshape(5, -1)
+    assert torch.allclose(about_zero.block_covariance(index)[0], flat.T @ flat / 5)
     # 5 samples of 9 pixels: singular unshrunk, positive definite shrunk
     assert torch.linalg.matrix_rank(raw) < 9
     assert bool((torch.linalg.eigvalsh(shrunk) > 0).all())

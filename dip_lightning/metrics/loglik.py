@@ -60,7 +60,9 @@ class BlockCovariance(Protocol):
 
 
 class SampleCovariance:
-    """The covariance of Monte Carlo samples (T, C, H, W) about their own mean (divided by T).
+    """The covariance of Monte Carlo samples (T, C, H, W) about their own mean (divided by T), or
+    about a known ``centre`` (e.g. zeros for the zero-mean samples of Matheron's rule, which the
+    reference uses as they are).
 
     ``shrink`` replaces each block C by (C + diag C) / 2 (the reference's
     ``reweight_off_diagonal_entries``, after Maddox et al.): with fewer samples than pixels in a
@@ -68,11 +70,14 @@ class SampleCovariance:
     wherever the variances are positive, while keeping every variance.
     """
 
-    def __init__(self, samples: Tensor, shrink: bool = True) -> None:
+    def __init__(self, samples: Tensor, shrink: bool = True, centre: Tensor | None = None) -> None:
         if samples.ndim != 4 or samples.shape[0] < 2:
             raise ValueError(f"samples must be (T, C, H, W) with T >= 2, got {tuple(samples.shape)}")
         flat = samples.detach().reshape(samples.shape[0], -1).double()
-        self.centred = flat - flat.mean(dim=0, keepdim=True)
+        if centre is None:
+            self.centred = flat - flat.mean(dim=0, keepdim=True)
+        else:
+            self.centred = flat - centre.detach().reshape(1, -1).to(flat)
         self.shrink = bool(shrink)
 
     def block_covariance(self, index: Tensor) -> Tensor:

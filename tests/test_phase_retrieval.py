@@ -276,7 +276,7 @@ def test_task_runs_scores_after_alignment_and_reports_hio(small_config, tmp_path
 
 
 def test_evaluation_and_per_step_psnr_score_the_aligned_estimate() -> None:
-    from dip_lightning.methods.evaluation import evaluate_prediction
+    from dip_lightning.methods.evaluation import aligned_prediction, evaluate_prediction
     from dip_lightning.methods.prediction import Prediction
     from dip_lightning.methods.trajectory import Trajectory
     from dip_lightning.physics.noise import NoNoise
@@ -289,5 +289,11 @@ def test_evaluation_and_per_step_psnr_score_the_aligned_estimate() -> None:
     metrics = evaluate_prediction(Prediction(estimate, zeros, zeros.clone()), problem)
     assert metrics["psnr"] == math.inf and metrics["ssim"] == pytest.approx(1.0)
     assert problem.aligned(estimate).equal(truth)
+    samples = torch.cat([estimate, estimate + 0.01])
+    moved = aligned_prediction(Prediction(estimate, zeros, zeros.clone(), samples=samples), problem)
+    assert moved.mean.equal(truth) and moved.samples[0].equal(truth[0])
+    identity = make_observation(truth[0], Identity(), NoNoise(), seed=0)
+    same = Prediction(estimate, zeros, zeros.clone(), samples=samples)
+    assert aligned_prediction(same, identity) is same  # nothing moved where A has no ambiguity
     record = Trajectory(problem, ema_decay=0.0).record(0, estimate)
     assert float(record.psnr) == math.inf

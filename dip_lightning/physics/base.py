@@ -120,7 +120,7 @@ class ForwardOperator(nn.Module, ABC):
         operator with trivial ambiguities overrides it (phase retrieval: a circular shift on the
         padded grid and the flip x(-r)). Must not build a graph and must stay on the device.
         """
-        return _identity
+        return no_alignment
 
     def align(self, estimate: Tensor, truth: Tensor) -> Tensor:
         """``estimate`` moved by :meth:`alignment` onto ``truth`` (itself by default)."""
@@ -153,5 +153,6 @@ class ForwardOperator(nn.Module, ABC):
         return f"image_shape={self.image_shape}"
 
 
-def _identity(image: Tensor) -> Tensor:
+def no_alignment(image: Tensor) -> Tensor:
+    """The default :meth:`ForwardOperator.alignment`: the image as it is."""
     return image

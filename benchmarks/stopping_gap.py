@@ -300,7 +300,7 @@ REPORTED_COLUMNS = {
 }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -323,7 +323,7 @@ def main() -> None:
     parser.add_argument("--sv-window", type=int, default=256, help="self-validation queue W")
     parser.add_argument("--sv-patience", type=int, default=500, help="self-validation patience P")
     parser.add_argument("--quick", action="store_true", help="seconds-long smoke run; numbers mean nothing")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.sv_every = [int(k) for k in args.sv_every.split(",") if k.strip()]
     if args.quick:
         args.images, args.sigmas, args.size, args.steps = "camera", "0.1", 32, 60
@@ -376,6 +376,7 @@ def main() -> None:
     print()
     print(overhead_table(rows))
     print(f"total {time.perf_counter() - start:.0f} s; CSV: {args.csv}")
+    return rows
 
 
 if __name__ == "__main__":

@@ -289,7 +289,9 @@ def overhead_table(rows: list[dict[str, Any]]) -> str:
             continue
         own = statistics.fmean(r["ms_per_step"] for r in mine)
         dip = statistics.fmean(r["dip_ms_per_step"] for r in mine)
-        lines.append(f"| {name} | {gap:.2f} | {own:.2f} | {dip:.2f} | {own / dip:.2%} |")
+        ratio = own / dip
+        shown = f"+{ratio:.2%}" if ratio < 1 else f"{ratio:.1f}x DIP's step"
+        lines.append(f"| {name} | {gap:.2f} | {own:.2f} | {dip:.2f} | {shown} |")
     return "\n".join(lines)
 
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from benchmarks import ct_table, replicates, step_speed
+from benchmarks import ct_table, replicates, step_speed, stopping_gap
 
 # Each test runs a benchmark end to end: make test and CI run them, make quick does not.
 pytestmark = pytest.mark.long
@@ -55,6 +55,28 @@ def test_ct_table_runs_per_method_budgets_and_reuses_finished_jobs(tmp_path, mon
     assert [r["psnr"] for r in again] == [r["psnr"] for r in rows]
     ct_table.main([a if a != "dip=2" else "dip=3" for a in args])  # another budget: run again
     assert metrics.stat().st_mtime_ns != written
+
+
+def test_stopping_gap_times_every_criterion_and_self_validation_per_k(tmp_path):
+    out = tmp_path / "gap.csv"
+    rows = stopping_gap.main(["--quick", "--sv-every", "1,4", "--csv", str(out)])
+    names = [r["criterion"] for r in rows]
+    assert names == [
+        "wmv",
+        "emv",
+        "discrepancy",
+        "discrepancy_est",
+        "oracle",
+        "self_validation_k1",
+        "self_validation_k4",
+    ]
+    every, fourth = rows[-2], rows[-1]
+    assert (
+        every["detected_step"] >= 7 and every["detected_step"] == fourth["detected_step"]
+    )  # same first score
+    assert every["dip_ms_per_step"] > 0 and every["ms_per_step"] > fourth["ms_per_step"] > 0
+    with open(out) as handle:
+        assert len(list(csv.DictReader(handle))) == len(rows)
 
 
 def test_phase_retrieval_table_quick_mode_scores_hio_and_dip(tmp_path):

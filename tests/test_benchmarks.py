@@ -77,3 +77,25 @@ def test_stopping_gap_times_every_criterion_and_self_validation_per_k(tmp_path):
     assert every["dip_ms_per_step"] > 0 and every["ms_per_step"] > fourth["ms_per_step"] > 0
     with open(out) as handle:
         assert len(list(csv.DictReader(handle))) == len(rows)
+
+
+def test_phase_retrieval_table_quick_mode_scores_hio_and_dip(tmp_path):
+    from benchmarks import phase_retrieval_table
+
+    out = tmp_path / "pr.csv"
+    common = ["--quick", "--images", "shepp_logan", "--out-dir", str(tmp_path / "runs"), "--csv", str(out)]
+    rows = phase_retrieval_table.main(common)
+    assert [(r["noise"].split()[0], r["method"]) for r in rows] == [
+        ("none", "HIO+ER"),
+        ("none", "DIP @wmv"),
+        ("poisson", "HIO+ER"),
+        ("poisson", "DIP @wmv"),
+    ]
+    for hio, dip in (rows[:2], rows[2:]):
+        assert math.isfinite(hio["psnr"]) and math.isfinite(dip["psnr"])
+        assert dip["vs_hio"] == dip["psnr"] - hio["psnr"] and dip["steps"] == 5
+    with open(out) as handle:
+        assert len(list(csv.DictReader(handle))) == 4
+    fed = phase_retrieval_table.main([*common, "--noises", "none", "--variants", "hio_input"])
+    assert [r["method"] for r in fed] == ["HIO+ER", "DIP, HIO input @wmv"]
+    assert fed[0]["psnr"] == rows[0]["psnr"]  # the same observation and HIO run

@@ -425,7 +425,10 @@ def fake_problem(
     if observation is None:
         gen = torch.Generator().manual_seed(5)
         observation = smooth_image(64, 64) + 0.1 * torch.randn(1, 1, 64, 64, generator=gen)
-    return SimpleNamespace(observation=observation, ground_truth=ground_truth, noise_std=noise_std)
+    # ``aligned``: an operator without ambiguities (InverseProblem.aligned with the identity alignment).
+    return SimpleNamespace(
+        observation=observation, ground_truth=ground_truth, noise_std=noise_std, aligned=lambda image: image
+    )
 
 
 def test_callback_rejects_oracle_without_ground_truth() -> None:

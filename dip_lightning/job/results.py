@@ -17,6 +17,7 @@ from dip_lightning.methods.base import DeepImagePrior
 from dip_lightning.methods.evaluation import (
     DEFAULT_CALIBRATION,
     Calibration,
+    aligned_prediction,
     calibration_curves,
     evaluate_prediction,
 )
@@ -103,7 +104,7 @@ def detection_metrics(
     truth = problem.ground_truth
     if image is None or truth is None:
         return {}
-    image = image.to(truth)
+    image = problem.aligned(image)
     metrics = {
         "detected_psnr": float(psnr(image, truth).mean()),
         "detected_ssim": float(ssim(image, truth).mean()),
@@ -112,15 +113,17 @@ def detection_metrics(
         metrics["detection_gap"] = peak["peak_psnr"] - metrics["detected_psnr"]
     ema = stopping.detected_ema
     if ema is not None:
-        metrics["detected_ema_psnr"] = float(psnr(ema.to(truth), truth).mean())
+        metrics["detected_ema_psnr"] = float(psnr(problem.aligned(ema), truth).mean())
     return metrics
 
 
 def baseline_metrics(problem: InverseProblem) -> tuple[torch.Tensor, dict[str, float]]:
-    """The classical reconstruction (pseudo-inverse: noisy image, bicubic, FBP) and its quality."""
+    """The classical reconstruction (``pseudo_inverse``: noisy image, bicubic, FBP, HIO) and its
+    quality; with a ground truth, aligned to it (the operator's ``alignment``)."""
     baseline = problem.operator.pseudo_inverse(problem.observation).detach()
     if problem.ground_truth is None:
         return baseline, {}
+    baseline = problem.aligned(baseline)
     clipped = baseline.clamp(0, 1)
     return baseline, {
         "baseline_psnr": float(psnr(clipped, problem.ground_truth).mean()),
@@ -214,6 +217,8 @@ def finalise(
     if reason:
         metrics["reason"] = reason
     metrics["reconstruction_source"] = source
+    # Scored and saved aligned to the truth (the identity but for operators with ambiguities).
+    prediction = aligned_prediction(prediction, problem)
     metrics.update(evaluate_prediction(prediction, problem, method.calibration))
     replicate_metrics, replicate_maps = replicate_report(method, problem)
     metrics.update(replicate_metrics)
@@ -266,7 +271,8 @@ def print_summary(result: RunResult, problem: InverseProblem) -> None:
         lines.append(replicates)
     if "baseline_psnr" in m:
         lines.append(
-            f"  baseline (pseudo-inverse) PSNR {m['baseline_psnr']:.2f} dB, SSIM {m['baseline_ssim']:.4f}"
+            f"  baseline ({problem.operator.baseline_name}) PSNR {m['baseline_psnr']:.2f} dB, "
+            f"SSIM {m['baseline_ssim']:.4f}"
         )
     if "peak_psnr" in m:
         lines.append(

@@ -20,6 +20,7 @@ papers' binnings so that our numbers can be set beside theirs.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,7 @@ from dip_lightning.metrics.loglik import (
     gaussian_loglik,
 )
 from dip_lightning.metrics.uncertainty import calibration_curve, gaussian_nll, uce
+from dip_lightning.physics.base import no_alignment
 from dip_lightning.physics.holdout import heldout_mse, observed_elements
 from dip_lightning.physics.observation import InverseProblem
 
@@ -181,12 +183,41 @@ def _uce_columns(name: str, error_sq: Tensor, variance: Tensor, calibration: Cal
     return columns
 
 
+def aligned_prediction(prediction: Prediction, problem: InverseProblem) -> Prediction:
+    """The prediction moved onto the ground truth by the operator's ``alignment`` (the mean, its
+    variance maps and its samples alike), so that the scores against the truth ignore what the
+    measurement cannot see (phase retrieval's shift and flip). Unchanged without a truth and for
+    operators without ambiguities (the default alignment). A method's own ``covariance`` cannot be
+    moved by an image map: where the alignment is not the identity it is left out, and the test
+    log-likelihood falls back to the (moved) samples."""
+    truth = problem.ground_truth
+    if truth is None:
+        return prediction
+    move = problem.operator.alignment(prediction.mean.to(truth), truth)
+    if move is no_alignment:
+        return prediction
+    return dataclasses.replace(
+        prediction,
+        mean=move(prediction.mean),
+        epistemic=move(prediction.epistemic),
+        aleatoric=move(prediction.aleatoric),
+        samples=None if prediction.samples is None else move(prediction.samples),
+        covariance=None,
+    )
+
+
 def evaluate_prediction(
     prediction: Prediction, problem: InverseProblem, calibration: Calibration = DEFAULT_CALIBRATION
 ) -> dict[str, float]:
-    """PSNR/SSIM of the mean and, for methods with uncertainty, UCE and NLL."""
+    """PSNR/SSIM of the mean and, for methods with uncertainty, UCE and NLL.
+
+    The scores against the truth are those of :func:`aligned_prediction`; the measurement-space
+    ones of the prediction as it is (the measurement cannot tell the two apart).
+    """
     metrics: dict[str, float] = {}
     truth = problem.ground_truth
+    observed = prediction
+    prediction = aligned_prediction(prediction, problem)
     if truth is not None:
         metrics["psnr"] = float(psnr(prediction.mean, truth).mean())
         metrics["ssim"] = float(ssim(prediction.mean, truth).mean())
@@ -194,7 +225,7 @@ def evaluate_prediction(
         metrics["heldout_mse"] = heldout_mse(problem, prediction.mean)
     if not prediction.has_uncertainty:
         return metrics
-    pairs = measurement_calibration_pairs(prediction, problem)
+    pairs = measurement_calibration_pairs(observed, problem)
     if pairs is not None:
         metrics.update(_uce_columns("uce_observation", *pairs, calibration))
     if truth is not None:
@@ -220,7 +251,9 @@ def calibration_curves(
     if pairs is not None:
         curves["observation"] = calibration_curve(*pairs, binning.bins, binning.min_occupancy)
     if problem.ground_truth is not None:
-        error_sq = (prediction.mean - problem.ground_truth).pow(2)
+        aligned = aligned_prediction(prediction, problem)
+        error_sq = (aligned.mean - problem.ground_truth).pow(2)
+        prediction = aligned
         curves["ground_truth"] = calibration_curve(
             error_sq, prediction.epistemic, binning.bins, binning.min_occupancy
         )

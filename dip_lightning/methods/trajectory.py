@@ -103,7 +103,7 @@ class Trajectory:
             self.replica_ema.update(image)
             truth = self.problem.ground_truth
             if truth is not None:
-                self.replica_psnr_history.append(psnr_per_replicate(image, truth))
+                self.replica_psnr_history.append(psnr_per_replicate(self.problem.aligned(image), truth))
             image = image.mean(dim=0, keepdim=True)
         problem = self.problem
         self.latest_image = image
@@ -114,8 +114,9 @@ class Trajectory:
         if problem.ground_truth is None:
             self.latest_psnr = None
             return entry
-        psnr = fast_psnr(image, problem.ground_truth)
-        ema_psnr = fast_psnr(ema, problem.ground_truth)
+        # Scored after the operator's alignment (the identity unless A has ambiguities).
+        psnr = fast_psnr(problem.aligned(image), problem.ground_truth)
+        ema_psnr = fast_psnr(problem.aligned(ema), problem.ground_truth)
         self.latest_psnr = psnr
         is_better = psnr > self.peak_psnr
         self.best_image.copy_(torch.where(is_better, image, self.best_image))

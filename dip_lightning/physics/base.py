@@ -1,8 +1,10 @@
 """The forward-operator interface every inverse problem plugs into.
 
-An operator is a linear map A from images (B, C, H, W) to measurements. Methods only call
-``forward``, ``adjoint``, ``pseudo_inverse`` and ``propagate_variance``; they never ask which
-operator they hold. Operators are ``nn.Module`` so that their buffers (masks, kernels, system
+An operator is a map A from images (B, C, H, W) to measurements, linear unless it says otherwise
+(``linear = False``: phase retrieval's Fourier magnitude). Methods only call ``forward``,
+``adjoint``, ``pseudo_inverse`` and ``propagate_variance``; they never ask which operator they
+hold. The evaluation scores an estimate after ``alignment``, which removes what the measurement
+cannot tell apart (identity by default; a shift and a flip for Fourier magnitudes). Operators are ``nn.Module`` so that their buffers (masks, kernels, system
 matrices) and parameters follow ``.to(device)``.
 
 Measurements may be complex (k-space of the masked Fourier operator); images are always real.
@@ -15,6 +17,7 @@ tests it for any operator.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +26,7 @@ from dip_lightning.physics.cgls import DEFAULT_DAMPING, DEFAULT_ITERATIONS, DEFA
 
 
 class ForwardOperator(nn.Module, ABC):
-    """A linear forward operator y = A x acting on batches of images (B, C, H, W).
+    """A forward operator y = A x acting on batches of images (B, C, H, W), linear by default.
 
     Subclasses set ``image_shape`` (H, W) when it is fixed by construction (a mask, a CT geometry)
     and raise :class:`dip_lightning.errors.ConfigError` from ``check_image_shape`` for sizes they
@@ -39,6 +42,13 @@ class ForwardOperator(nn.Module, ABC):
     """
 
     image_shape: tuple[int, int] | None = None
+    linear: bool = True
+    """False for a non-linear A (the Fourier magnitude of phase retrieval). Such an operator has
+    no adjoint and no generic least-squares ``pseudo_inverse`` (CGLS refuses it), the dot-product
+    test does not apply to it, and it overrides ``pseudo_inverse`` with a classical reconstruction
+    of its own or goes without one. Methods only need ``forward``: they fit |A x - y|^2 by autograd."""
+    baseline_name: str = "pseudo-inverse"
+    """What ``pseudo_inverse`` computes, as the run summary names the baseline (FBP, HIO+ER)."""
     measurement_in_image_space: bool = False
     """True when the measurement lives on the image's pixel grid, element for element (identity,
     masks). Per-pixel quantities predicted in image space (the heteroscedastic log-precision of
@@ -55,9 +65,13 @@ class ForwardOperator(nn.Module, ABC):
     def forward(self, x: Tensor) -> Tensor:
         """Apply A to a batch of images (B, C, H, W)."""
 
-    @abstractmethod
     def adjoint(self, y: Tensor) -> Tensor:
-        """Apply the exact adjoint A^T to a batch of measurements (for complex ones: for Re<.,.>)."""
+        """Apply the exact adjoint A^T to a batch of measurements (for complex ones: for Re<.,.>).
+
+        Every linear operator implements it; a non-linear one (``linear = False``) has none.
+        """
+        kind = "it is not linear" if not self.linear else "it does not implement one"
+        raise NotImplementedError(f"{type(self).__name__} has no adjoint: {kind}")
 
     def pseudo_inverse(self, y: Tensor) -> Tensor:
         """An image-space estimate from a measurement, for display, the baseline and as a network input.
@@ -65,8 +79,14 @@ class ForwardOperator(nn.Module, ABC):
         The generic one is the damped least-squares solution by CGLS (``cgls_iterations`` steps at
         most, ``cgls_tolerance``, ``cgls_damping``), a constant (no gradient flows through it).
         Operators override it with a closed form or a classical method where they have one (the
-        noisy image, bicubic upsampling, FBP, the zero-filled inverse FFT).
+        noisy image, bicubic upsampling, FBP, the zero-filled inverse FFT, HIO for phase
+        retrieval); a non-linear operator must, as CGLS needs a linear one.
         """
+        if not self.linear:
+            raise NotImplementedError(
+                f"{type(self).__name__} is not linear: it has no least-squares pseudo-inverse and "
+                "gives no classical reconstruction of its own"
+            )
         with torch.no_grad():
             return cgls(
                 self,
@@ -89,6 +109,22 @@ class ForwardOperator(nn.Module, ABC):
         NotImplementedError.
         """
         raise NotImplementedError(f"{type(self).__name__} cannot propagate variances")
+
+    def alignment(self, estimate: Tensor, truth: Tensor) -> Callable[[Tensor], Tensor]:
+        """The map that brings ``estimate`` (B, C, H, W) closest to ``truth`` among the images the
+        measurement cannot tell apart from it, as a function applicable to any image-space tensor
+        of the same shape (the estimate, its variance maps).
+
+        Scores against a ground truth are taken after it (PSNR, SSIM, the error map, the
+        calibration against the truth). The default is the identity: A determines the image. An
+        operator with trivial ambiguities overrides it (phase retrieval: a circular shift on the
+        padded grid and the flip x(-r)). Must not build a graph and must stay on the device.
+        """
+        return no_alignment
+
+    def align(self, estimate: Tensor, truth: Tensor) -> Tensor:
+        """``estimate`` moved by :meth:`alignment` onto ``truth`` (itself by default)."""
+        return self.alignment(estimate, truth)(estimate)
 
     def measurement_image(self, y: Tensor) -> Tensor:
         """A real image (B, C, h, w) that shows the measurement ``y``, for PNG files and loggers.
@@ -115,3 +151,8 @@ class ForwardOperator(nn.Module, ABC):
 
     def extra_repr(self) -> str:
         return f"image_shape={self.image_shape}"
+
+
+def no_alignment(image: Tensor) -> Tensor:
+    """The default :meth:`ForwardOperator.alignment`: the image as it is."""
+    return image

@@ -55,8 +55,11 @@ def cgls(
     ||A^T (y - A x) - damping x|| has fallen to ``tolerance`` times its starting value ||A^T y||.
     The whole batch is one least-squares problem (the images of a batch are independent, so its
     solution is the per-image one). Gradients flow through it as through any torch code; callers
-    that only need values wrap it in ``torch.no_grad()``.
+    that only need values wrap it in ``torch.no_grad()``. An operator with ``linear = False`` is
+    refused.
     """
+    if not getattr(operator, "linear", True):
+        raise ValueError(f"CGLS needs a linear operator; {type(operator).__name__} is not linear")
     iterations = check_int("cgls.iterations", iterations, 0)
     tolerance = float(check_positive("cgls.tolerance", tolerance, allow_zero=True))
     damping = float(check_positive("cgls.damping", damping, allow_zero=True))

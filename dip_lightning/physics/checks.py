@@ -58,8 +58,11 @@ def adjoint_check(
     """Dot-product test of ``operator`` on standard normal x (B, C, H, W) and y (complex if A x is).
 
     Runs under ``torch.no_grad`` (operators may hold trainable parameters) on the operator's
-    device, in ``dtype`` (float64 by default, so that rounding stays far below any bug).
+    device, in ``dtype`` (float64 by default, so that rounding stays far below any bug). A
+    non-linear operator (``linear = False``) has no adjoint and is refused with a ValueError.
     """
+    if not operator.linear:
+        raise ValueError(f"{type(operator).__name__} is not linear: the dot-product test does not apply")
     generator = torch.Generator().manual_seed(int(seed))
     device = operator._device()
     with torch.no_grad():

@@ -80,6 +80,14 @@ class InverseProblem:
             train_mask=None if self.train_mask is None else self.train_mask.to(device),
         )
 
+    def aligned(self, image: Tensor) -> Tensor:
+        """``image`` moved onto the ground truth by the operator's ``alignment`` (the identity for
+        most operators; a shift and a flip for phase retrieval), for scoring; as is without a truth."""
+        truth = self.ground_truth
+        if truth is None:
+            return image
+        return self.operator.align(image.to(truth), truth)
+
     def training_mean(self, values: Tensor, where: Tensor | None = None) -> Tensor:
         """Mean of per-element loss values over the elements used for training.
 

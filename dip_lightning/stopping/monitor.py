@@ -79,7 +79,7 @@ class StoppingMonitor(pl.Callback):
             entry = watcher.summary()
             image = watcher.criterion.detected_image
             if truth is not None and image is not None:
-                image = image.to(truth)
+                image = problem.aligned(image)
                 entry["detected_psnr"] = float(psnr(image, truth).mean())
                 entry["detected_ssim"] = float(ssim(image, truth).mean())
                 if "peak_psnr" in peak:

@@ -129,7 +129,10 @@ def test_each_method_runs_on_each_task_and_writes_its_maps(small_config, tmp_pat
     for key in ("uce", "uce_observation", "nll", "uce_laves", "uce_toelle", "uce_observation_toelle"):
         assert math.isfinite(metrics[key]), key
     validation = read_json(tmp_path / "curves.json")["validation"]
-    assert validation["step"] == [2, 4][: steps // 2]
+    if steps == 0:  # no training step, no evaluation during training
+        assert validation == {}
+        return
+    assert validation["step"] == [2, 4]
     assert len(validation["psnr"]) == len(validation["uce"]) == 2
 
 

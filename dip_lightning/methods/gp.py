@@ -189,6 +189,8 @@ class GaussianProcessDIP(DeepImagePrior):
     def attach(self, problem: InverseProblem) -> GaussianProcessDIP:
         """Check that the GP can take the problem (image size, a fixed operator) before any work."""
         operator = problem.operator
+        if not isinstance(operator, ForwardOperator):
+            raise ConfigError("operator", type(operator).__name__, "must be a ForwardOperator")
         if any(p.requires_grad for p in operator.parameters()):
             raise ConfigError(
                 "operator",
@@ -196,8 +198,6 @@ class GaussianProcessDIP(DeepImagePrior):
                 "method=gp needs a fixed linear operator; this one has parameters fitted with the "
                 "image, which only a trained method can fit",
             )
-        if not isinstance(operator, ForwardOperator):
-            raise ConfigError("operator", type(operator).__name__, "must be a ForwardOperator")
         self.gp_prior.check_shape(tuple(problem.image_shape), "image")
         super().attach(problem)
         return self

@@ -1,4 +1,5 @@
-"""DIP, SGLD, MC dropout and MFVI on one image: the comparison table of the MFVI-DIP paper.
+"""DIP, SGLD, MC dropout and MFVI on one image: the comparison table of the MFVI-DIP paper, and
+the GP limit of the DIP network beside them.
 
 Each row is one run of the platform (the composed Hydra config and ``dip_lightning.job.run.run``,
 exactly what ``python launch.py`` does), on the same observation. The jobs compose the paper's own
@@ -23,6 +24,10 @@ scale: image size, network, device and steps. Columns:
   (Antorán et al.; higher is better), the covariance of the method's samples block-diagonal over
   1x1, 2x2 and 10x10 patches, and whole (only for images of at most 1024 pixels); see
   docs/methods.md.
+
+The GP row (``method=gp``) trains nothing: it is exact regression with the network's
+infinite-width kernel (noise level fitted by marginal likelihood unless ``method.noise_std=...``
+is passed as an override), so it has no curve, no peak and 0 steps; its seconds are the posterior's.
 
 SGLD's variance is the spread of Adam iterates with injected noise (Cheng et al.'s heuristic), not
 a posterior variance: its row says so. Each method can get its own step budget (``--steps-for
@@ -58,8 +63,8 @@ from dip_lightning.config import compose_config  # noqa: E402
 from dip_lightning.job.run import run  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-METHODS = {"dip": "DIP", "sgld": "SGLD", "mcdropout": "MC dropout", "mfvi": "MFVI"}
-ROW_NOTES = {"sgld": "variance: heuristic spread"}
+METHODS = {"dip": "DIP", "sgld": "SGLD", "mcdropout": "MC dropout", "mfvi": "MFVI", "gp": "GP"}
+ROW_NOTES = {"sgld": "variance: heuristic spread", "gp": "infinite-width limit, no training"}
 FINAL_WINDOW = 100
 REFERENCE_STEPS, REFERENCE_BURN_IN, REFERENCE_SAMPLE_EVERY = 50000, 7000, 50
 PACKAGE_PREFIX = "package:"
@@ -150,16 +155,17 @@ def run_method(method: str, args: argparse.Namespace, out_dir: Path) -> dict[str
     metrics = json.loads((job_dir / "metrics.json").read_text())
     curves = json.loads((job_dir / "curves.json").read_text())
     psnr, psnr_ema = curves["psnr"], curves["psnr_ema"]
-    peak_step = max(range(len(psnr)), key=psnr.__getitem__)
+    # A method without training steps (gp) has no curve: its peak and final columns stay empty.
+    peak_step = max(range(len(psnr)), key=psnr.__getitem__) if psnr else None
     return {
         "image": image_label(args.image),
         "method": METHODS[method],
         "steps": metrics["steps"],
-        "peak_psnr": psnr[peak_step],
+        "peak_psnr": psnr[peak_step] if psnr else None,
         "peak_step": peak_step,
-        "final_psnr": statistics.fmean(psnr[-FINAL_WINDOW:]),
-        "peak_psnr_ema": max(psnr_ema),
-        "final_psnr_ema": statistics.fmean(psnr_ema[-FINAL_WINDOW:]),
+        "final_psnr": statistics.fmean(psnr[-FINAL_WINDOW:]) if psnr else None,
+        "peak_psnr_ema": max(psnr_ema) if psnr_ema else None,
+        "final_psnr_ema": statistics.fmean(psnr_ema[-FINAL_WINDOW:]) if psnr_ema else None,
         "reported_psnr": metrics.get("psnr"),
         "ssim": metrics.get("ssim"),
         "input_psnr": metrics.get("baseline_psnr"),
@@ -190,7 +196,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         observed = " / ".join(fmt(r[k], 5) for k in ("uce_observation_laves", "uce_observation_toelle"))
         loglik = " / ".join(fmt(r[f"test_loglik_{k}"], 3) for k in ("p1", "p2", "p10", "full"))
         lines.append(
-            f"| {label} | {r['steps']} | {fmt(r['peak_psnr'], 2)} ({r['peak_step']}) | "
+            f"| {label} | {r['steps']} | {fmt(r['peak_psnr'], 2)} ({fmt(r['peak_step'], 0)}) | "
             f"{fmt(r['final_psnr'], 2)} | {fmt(r['peak_psnr_ema'], 2)} / {fmt(r['final_psnr_ema'], 2)} | "
             f"{fmt(r['reported_psnr'], 2)} | {fmt(r['ssim'], 4)} | {uces} | {observed} | "
             f"{fmt(r['nll'], 3)} | {loglik} | {fmt(r['seconds'], 0)} |"

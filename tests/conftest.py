@@ -47,6 +47,16 @@ def config_options(group: str) -> list[str]:
     return options
 
 
+def trains_network(method: str) -> bool:
+    """Whether ``conf/method/<method>.yaml`` builds a method that takes training steps (its class
+    declares ``trains_network``; False for a closed-form method such as ``method=gp``)."""
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    target = OmegaConf.load(CONFIG_DIR / "method" / f"{method}.yaml")["_target_"]
+    return bool(get_class(str(target)).trains_network)
+
+
 @functools.cache
 def edip_checkpoint() -> Path:
     """A pretrained network for ``method=edip`` at ``preset=small`` (the tiny network, one channel).

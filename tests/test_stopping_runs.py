@@ -14,15 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import open_dict
+from hydra.utils import get_class
+from omegaconf import OmegaConf, open_dict
 
+from dip_lightning.config import CONFIG_DIR
 from dip_lightning.errors import ConfigError
 from dip_lightning.job.results import REPORTED_SUFFIX, stopping_lines
 from dip_lightning.job.run import run
 from dip_lightning.metrics.image import psnr
 from dip_lightning.physics.ray_transform import CACHE_ENV_VAR
 from dip_lightning.stopping.discrepancy import NOISE_ESTIMATED, NOISE_FROM_PROBLEM
-from tests.conftest import config_options, run_cli
+from tests.conftest import config_options, run_cli, trains_network
 
 CRITERIA = config_options("stopping")
 METHODS = config_options("method")
@@ -34,6 +36,17 @@ TOO_SHORT = {
     ("discrepancy", "ct"): "30 steps leave the sinogram residual (about 100) far above the discrepancy "
     "target (0.5); test_wmv_stops_early_on_ct runs a stopping rule on CT",
 }
+# A method that takes no training step (method=gp) has no step for a rule to pick: only rules
+# that report the method's own result (fixed) apply; the others are refused (tests/test_gp_method.py).
+NO_STEPS = "the method takes no training step, so the rule is refused; tests/test_gp_method.py checks it"
+
+
+def reports_detection(criterion: str) -> bool:
+    """Whether conf/stopping/<criterion>.yaml builds a rule whose detection replaces the result."""
+    target = OmegaConf.load(CONFIG_DIR / "stopping" / f"{criterion}.yaml").criterion._target_
+    return bool(get_class(str(target)).reports_detection)
+
+
 DETECTION_KEYS = (
     "detected_step",
     "detected_psnr",
@@ -283,8 +296,12 @@ def matrix() -> list:
     params = []
     for i, criterion in enumerate(CRITERIA):
         row = [(method, TASKS[(i + j) % len(TASKS)]) for j, method in enumerate(METHODS)]
+        refused = reports_detection(criterion)
         reasons = {
-            method: NEEDS_CHECKPOINT.get(method) or TOO_SHORT.get((criterion, task)) for method, task in row
+            method: NEEDS_CHECKPOINT.get(method)
+            or TOO_SHORT.get((criterion, task))
+            or (NO_STEPS if refused and not trains_network(method) else None)
+            for method, task in row
         }
         runnable = [method for method, _ in row if not reasons[method]]
         quick = runnable[i % len(runnable)]
@@ -325,6 +342,10 @@ def test_every_criterion_with_every_method(small_config, tmp_path, criterion, me
     )
     assert metrics["status"] == "completed"
     assert metrics["steps"] <= MATRIX_STEPS
+    if not trains_network(method):  # closed form: no step, nothing detected, the method's own result
+        assert metrics["steps"] == 0 and metrics["detected_step"] is None
+        assert not metrics["reconstruction_source"].startswith("stopping:")
+        return
     if criterion == "fixed":
         assert metrics["steps"] == MATRIX_STEPS and metrics["detected_step"] == MATRIX_STEPS - 1
         assert not metrics["reconstruction_source"].startswith("stopping:")

@@ -33,7 +33,6 @@ from dip_lightning.job.checkpointing import CHECKPOINT_DIR, StepCheckpoint, prep
 from dip_lightning.job.results import RunResult, finalise
 from dip_lightning.job.run_settings import check_run_settings, trainer_error
 from dip_lightning.methods.base import DeepImagePrior
-from dip_lightning.methods.replicates import check_stopping
 from dip_lightning.models.acceleration import accelerate, architecture, execution_settings
 from dip_lightning.physics.holdout import hold_out
 from dip_lightning.physics.observation import InverseProblem, make_observation
@@ -145,14 +144,13 @@ def build_problem(cfg: DictConfig) -> InverseProblem:
 def build_method(cfg: DictConfig, problem: InverseProblem) -> DeepImagePrior:
     """The configured method bound to ``problem``, its network set to run as ``model`` asks.
 
-    A replicated run (``method.replicates`` > 1) is checked against the stopping rule before any
-    network is built.
+    The stopping rule is checked against the method (replicates, a method without training
+    steps) before any network is built.
     """
     regulariser_cfg = cfg.get("regulariser")
     image_prior = build(regulariser_cfg) if regulariser_cfg and "_target_" in regulariser_cfg else None
     method = build(cfg.method, net=build(architecture(cfg.model)), image_prior=image_prior)
-    if method.replicates > 1:
-        check_stopping(method.replicates, build(cfg.stopping.criterion))
+    method.check_stopping(build(cfg.stopping.criterion))
     method.attach(problem)
     if cfg.get("calibration") is not None:
         method.calibration = build(cfg.calibration).check(problem.image_shape)

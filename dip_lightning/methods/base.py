@@ -33,6 +33,7 @@ from dip_lightning.methods.evaluation import DEFAULT_CALIBRATION, Calibration
 from dip_lightning.methods.network_input import perturb
 from dip_lightning.methods.network_setup import NetworkSetup
 from dip_lightning.methods.predictive import PredictiveDistribution
+from dip_lightning.methods.replicates import check_stopping as check_replicate_stopping
 from dip_lightning.methods.replicates import replicas_for
 from dip_lightning.methods.seeds import rank_seed
 from dip_lightning.methods.trajectory import StepRecord, Trajectory
@@ -97,6 +98,12 @@ class DeepImagePrior(NetworkSetup, PredictiveDistribution, pl.LightningModule):
     :mod:`dip_lightning.tracking.step_output`, for the callbacks.
     """
 
+    trains_network: ClassVar[bool] = True
+    """False for a method whose result is computed once in :meth:`after_fit` (a closed-form
+    posterior): it takes no training step, so its run reports ``steps`` 0, no output trajectory
+    (peak, curves) and no checkpoint, and a stopping rule whose detected step would replace its
+    result is refused (:meth:`check_stopping`)."""
+
     supports_replicates: ClassVar[bool] = False
     """Whether ``method.replicates=K`` may stack K runs of this method into one network: true only
     when every random number the method draws in training goes through the replicas' own noise
@@ -157,6 +164,20 @@ class DeepImagePrior(NetworkSetup, PredictiveDistribution, pl.LightningModule):
         """How evaluations bin the UCE; the job sets it from the ``calibration`` config group."""
 
     # ------------------------------------------------------------------ set-up
+    def check_stopping(self, criterion: Any) -> None:
+        """Refuse, before anything is built, a stopping rule this method cannot follow: one whose
+        detected step would replace the result, when there are several trajectories (replicates)
+        or none (a method that takes no training step)."""
+        if self.replicates > 1:
+            check_replicate_stopping(self.replicates, criterion)
+        if not self.trains_network and criterion.reports_detection:
+            raise ConfigError(
+                "stopping",
+                criterion.name,
+                f"{type(self).__name__} takes no training step, so there is no step for a stopping "
+                "rule to pick; use stopping=fixed",
+            )
+
     def attach(self, problem: InverseProblem) -> DeepImagePrior:
         """Bind the method to a problem: build the input and the network for its image shape."""
         if self.uses_log_precision and not problem.operator.measurement_in_image_space:
@@ -388,6 +409,11 @@ class DeepImagePrior(NetworkSetup, PredictiveDistribution, pl.LightningModule):
             self.log_step("train/psnr", record.psnr)
             self.log_step("train/psnr_ema", record.ema_psnr)
         return record
+
+    def result_metrics(self) -> dict[str, Any]:
+        """Scalars of the method itself for metrics.json (backtracking restores; a fitted noise
+        level); subclasses add theirs."""
+        return self.backtracking_summary()
 
     def backtracking_summary(self) -> dict[str, int]:
         """How many steps were taken again after a collapse (metrics.json ``backtracks``)."""

@@ -55,3 +55,17 @@ def test_ct_table_runs_per_method_budgets_and_reuses_finished_jobs(tmp_path, mon
     assert [r["psnr"] for r in again] == [r["psnr"] for r in rows]
     ct_table.main([a if a != "dip=2" else "dip=3" for a in args])  # another budget: run again
     assert metrics.stat().st_mtime_ns != written
+
+
+def test_drp_speed_times_both_methods_to_dips_peak_and_writes_csv(tmp_path):
+    from benchmarks import drp_speed
+
+    out = tmp_path / "drp.csv"
+    (row,) = drp_speed.main(["--quick", "--out", str(out)])
+    assert row["steps"] == 12 and row["dip_ms"] > 0 and row["drp_ms"] > 0
+    assert row["target"] == row["dip_peak"] - drp_speed.MARGIN_DB
+    # DIP reaches its own peak minus the margin by definition, no later than its peak step.
+    assert row["dip_steps_to_target"] <= row["dip_peak_step"] and row["dip_s_to_target"] > 0
+    assert row["drp_drop"] == row["drp_peak"] - row["drp_final"] >= 0
+    with open(out) as handle:
+        assert next(csv.DictReader(handle))["image"] == "camera"

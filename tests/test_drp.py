@@ -141,3 +141,13 @@ def test_bad_settings_fail_before_training(small_config, tmp_path, overrides, se
     with pytest.raises(ConfigError, match=setting.replace(".", r"\.")):
         run(small_config("method=drp", "data.size=32", *overrides))
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_network_null_keeps_the_models_scales_frozen(small_config):
+    method = build_attached(small_config("method=drp", "method.network=null", "data.size=32"))
+    assert method.net.scales == len(small_config().model.channels_down) > 1
+    trainable = [n for n, p in method.net.named_parameters() if p.requires_grad]
+    assert trainable and all("weight" in n or "bias" in n for n in trainable)
+    assert not any(
+        p.requires_grad for m in method.net.modules() if isinstance(m, nn.Conv2d) for p in m.parameters()
+    )

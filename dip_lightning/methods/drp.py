@@ -8,7 +8,7 @@ parameters and the TV term the fit plateaus instead of overfitting the noise.
 
 The network is the ``model`` group's (kernel sizes, padding, upsampling, norm, activation)
 reduced to the reference's one scale: ``method.network`` holds the channel lists that replace the
-model's (per task, in ``conf/task_method/<task>_drp.yaml``); ``method.network={}`` keeps the
+model's (per task, in ``conf/task_method/<task>_drp.yaml``); ``method.network=null`` keeps the
 model's scales, frozen the same way.
 """
 
@@ -104,7 +104,11 @@ class DRP(DeepImagePrior):
         kwargs.setdefault("reconstruction", "last")
         super().__init__(*args, **kwargs)
         if network is not None and not isinstance(network, Mapping):
-            raise ConfigError("method.network", network, "must be a mapping of network settings, or {}")
+            raise ConfigError(
+                "method.network",
+                network,
+                "must be a mapping of network settings, or null (the model as it is)",
+            )
         self.network = dict(network or {})
         if self.likelihood != "mse":
             raise ConfigError(

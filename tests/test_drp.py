@@ -101,7 +101,7 @@ def test_task_defaults_are_the_references(small_config, task, lr, tv_weight, cha
 def test_ct_drops_the_dip_tv_regulariser_for_its_own(small_config):
     cfg = small_config("task=ct", "method=drp")
     assert cfg.regulariser.weight == 0.0
-    assert cfg.method.tv_weight > 0
+    assert cfg.method.tv_weight == 3.0 and cfg.method.optimizer.lr == 0.1
 
 
 @pytest.mark.long

@@ -99,3 +99,17 @@ def test_phase_retrieval_table_quick_mode_scores_hio_and_dip(tmp_path):
     fed = phase_retrieval_table.main([*common, "--noises", "none", "--variants", "hio_input"])
     assert [r["method"] for r in fed] == ["HIO+ER", "DIP, HIO input @wmv"]
     assert fed[0]["psnr"] == rows[0]["psnr"]  # the same observation and HIO run
+
+
+def test_drp_speed_times_both_methods_to_dips_peak_and_writes_csv(tmp_path):
+    from benchmarks import drp_speed
+
+    out = tmp_path / "drp.csv"
+    (row,) = drp_speed.main(["--quick", "--out", str(out)])
+    assert row["steps"] == 12 and row["dip_ms"] > 0 and row["drp_ms"] > 0
+    assert row["target"] == row["dip_peak"] - drp_speed.MARGIN_DB
+    # DIP reaches its own peak minus the margin by definition, no later than its peak step.
+    assert row["dip_steps_to_target"] <= row["dip_peak_step"] and row["dip_s_to_target"] > 0
+    assert row["drp_drop"] == row["drp_peak"] - row["drp_final"] >= 0
+    with open(out) as handle:
+        assert next(csv.DictReader(handle))["image"] == "camera"

@@ -195,7 +195,7 @@ class DeepImagePrior(NetworkSetup, PredictiveDistribution, pl.LightningModule):
             # The likelihood counts only measurement elements that depend on the image: a hole of
             # an inpainting mask says nothing about the noise level there.
             self.register_buffer("likelihood_mask", observed_elements(problem), persistent=False)
-        self.register_buffer("net_input", self.build_input(self.seed))
+        self.register_input(self.build_input(self.seed))
         self.net = self.build_network(self.seed)
         if self.replicas is not None:
             self.replicas.stack(self)
@@ -207,10 +207,9 @@ class DeepImagePrior(NetworkSetup, PredictiveDistribution, pl.LightningModule):
         """Fit the operator's parameters with the image when it has any (e.g. a blur kernel made by
         a small network of its own, for blind deblurring).
 
-        Registered as the submodule :attr:`fitted_operator`, the operator's parameters reach the
-        optimiser, follow the method's device, and are saved in (and resumed from) checkpoints
-        with the network. An operator without trainable parameters is left out: a CT operator's
-        system matrix would only make every checkpoint large.
+        As the submodule :attr:`fitted_operator` its parameters reach the optimiser, follow the
+        device and are checkpointed with the network. A fixed operator is left out (a CT system
+        matrix would only bloat every checkpoint).
         """
         if any(p.requires_grad for p in operator.parameters()):
             self.fitted_operator = operator
@@ -329,6 +328,10 @@ class DeepImagePrior(NetworkSetup, PredictiveDistribution, pl.LightningModule):
         """Loss terms on the weights (the KL of MFVI); none for plain DIP."""
         return None
 
+    def output_loss(self, image: Tensor) -> Tensor | None:
+        """The method's own penalty on the output (DRP's TV), beside any ``regulariser``."""
+        return None
+
     def perturbed_input(self) -> Tensor:
         """This step's network input: z plus fresh Gaussian noise of ``perturbation_std``."""
         std = float(self.input_settings["perturbation_std"])
@@ -349,6 +352,9 @@ class DeepImagePrior(NetworkSetup, PredictiveDistribution, pl.LightningModule):
             regulariser = self.image_prior(image)
             self.log_step("train/image_prior", regulariser.detach())
             loss = loss + regulariser
+        if (own_prior := self.output_loss(image)) is not None:
+            self.log_step("train/output_loss", own_prior.detach())
+            loss = loss + own_prior
         extra = self.extra_loss()
         if extra is not None:
             if self.replicas is not None:

@@ -7,7 +7,7 @@ A replicated run calls both once per replicate seed.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +18,10 @@ from dip_lightning.methods.network_input import make_network_input
 class NetworkSetup:
     """Builds the network and its input from the method's ``net_factory``, ``input_settings``,
     ``likelihood`` and ``problem``."""
+
+    trains_input: ClassVar[bool] = False
+    """Whether the network input z is fitted with the network (a parameter, as in the Deep Random
+    Projector) rather than held fixed (a buffer). Either way it is saved as ``net_input``."""
 
     @property
     def uses_log_precision(self) -> bool:
@@ -41,6 +45,13 @@ class NetworkSetup:
             seed,
             pseudo_inverse,
         )
+
+    def register_input(self, z: Tensor) -> None:
+        """Hold z as ``net_input``: a parameter when the method fits it, a buffer otherwise."""
+        if self.trains_input:
+            self.net_input = nn.Parameter(z)
+        else:
+            self.register_buffer("net_input", z)
 
     def build_network(self, seed: int) -> nn.Module:
         """A freshly initialised network whose weights depend on ``seed`` alone.

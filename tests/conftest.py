@@ -47,6 +47,12 @@ def config_options(group: str) -> list[str]:
     return options
 
 
+# Method x task pairs a method refuses by design, and why (each refusal is tested beside the method).
+NOT_APPLICABLE = {
+    ("gp", "phase_retrieval"): "exact GP regression needs a linear operator (tests/test_gp_method.py)",
+}
+
+
 def trains_network(method: str) -> bool:
     """Whether ``conf/method/<method>.yaml`` builds a method that takes training steps (its class
     declares ``trains_network``; False for a closed-form method such as ``method=gp``)."""

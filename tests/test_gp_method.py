@@ -167,6 +167,7 @@ def test_launch_runs_gp_with_no_step_and_writes_every_result_file(tmp_path):
         (("stopping=oracle",), "stopping"),
         (("+model.downsample=max",), "model.downsample"),
         (("operator._target_=tests.test_learned_operator.LearnedBlur",), "operator"),
+        (("task=phase_retrieval",), "operator"),
     ],
 )
 def test_bad_settings_fail_before_any_work(small_config, tmp_path, overrides, setting):

@@ -29,7 +29,7 @@ from dip_lightning.methods.sgld import SGLDDIP, add_langevin_noise, langevin_par
 from dip_lightning.models.bayesian import MeanFieldConv2d
 from dip_lightning.models.layers import SampleBatchNorm2d
 from dip_lightning.priors import TotalVariation
-from tests.conftest import config_options, edip_checkpoint, trains_network
+from tests.conftest import NOT_APPLICABLE, config_options, edip_checkpoint, trains_network
 
 METHODS = config_options("method")
 TASKS = config_options("task")
@@ -41,7 +41,15 @@ PAPER_TASKS = [name.removeprefix("paper_") for name in config_options("experimen
 # Every method on every task; the quick loop runs one task per method (together every task), the
 # other pairs are marked ``long``.
 METHOD_TASK_PAIRS = [
-    pytest.param(method, task, marks=() if task == TASKS[j % len(TASKS)] else pytest.mark.long)
+    pytest.param(
+        method,
+        task,
+        marks=(
+            pytest.mark.skip(reason=NOT_APPLICABLE[method, task])
+            if (method, task) in NOT_APPLICABLE
+            else (() if task == TASKS[j % len(TASKS)] else pytest.mark.long)
+        ),
+    )
     for j, method in enumerate(METHODS)
     for task in TASKS
 ]

@@ -24,7 +24,7 @@ from dip_lightning.job.run import run
 from dip_lightning.metrics.image import psnr
 from dip_lightning.physics.ray_transform import CACHE_ENV_VAR
 from dip_lightning.stopping.discrepancy import NOISE_ESTIMATED, NOISE_FROM_PROBLEM
-from tests.conftest import config_options, run_cli, trains_network
+from tests.conftest import NOT_APPLICABLE, config_options, run_cli, trains_network
 
 CRITERIA = config_options("stopping")
 METHODS = config_options("method")
@@ -299,6 +299,7 @@ def matrix() -> list:
         refused = reports_detection(criterion)
         reasons = {
             method: NEEDS_CHECKPOINT.get(method)
+            or NOT_APPLICABLE.get((method, task))
             or TOO_SHORT.get((criterion, task))
             or (NO_STEPS if refused and not trains_network(method) else None)
             for method, task in row

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -30,10 +30,10 @@ from dip_lightning.errors import (
 from dip_lightning.methods import resume_state
 from dip_lightning.methods.backtracking import Backtracking
 from dip_lightning.methods.evaluation import DEFAULT_CALIBRATION, Calibration
+from dip_lightning.methods.hooks import MethodHooks
 from dip_lightning.methods.network_input import perturb
 from dip_lightning.methods.network_setup import NetworkSetup
 from dip_lightning.methods.predictive import PredictiveDistribution
-from dip_lightning.methods.replicates import check_stopping as check_replicate_stopping
 from dip_lightning.methods.replicates import replicas_for
 from dip_lightning.methods.seeds import rank_seed
 from dip_lightning.methods.trajectory import StepRecord, Trajectory
@@ -64,7 +64,7 @@ def check_optimizer(optimizer: OptimizerFactory) -> None:
             check_positive(f"method.optimizer.{name}", keywords[name], allow_zero=True)
 
 
-class DeepImagePrior(NetworkSetup, PredictiveDistribution, pl.LightningModule):
+class DeepImagePrior(MethodHooks, NetworkSetup, PredictiveDistribution, pl.LightningModule):
     """Plain DIP: Adam on the MSE between A f(z) and y, with input perturbation and an output EMA.
 
     Args:
@@ -97,18 +97,6 @@ class DeepImagePrior(NetworkSetup, PredictiveDistribution, pl.LightningModule):
     :meth:`attach`; ``training_step`` returns what the step produced under the keys of
     :mod:`dip_lightning.tracking.step_output`, for the callbacks.
     """
-
-    trains_network: ClassVar[bool] = True
-    """False for a method whose result is computed once in :meth:`after_fit` (a closed-form
-    posterior): it takes no training step, so its run reports ``steps`` 0, no output trajectory
-    (peak, curves) and no checkpoint, and a stopping rule whose detected step would replace its
-    result is refused (:meth:`check_stopping`)."""
-
-    supports_replicates: ClassVar[bool] = False
-    """Whether ``method.replicates=K`` may stack K runs of this method into one network: true only
-    when every random number the method draws in training goes through the replicas' own noise
-    streams (input perturbation, mean-field weight noise), so that replicate k is the run of seed
-    ``seed + k``."""
 
     def __init__(
         self,
@@ -164,20 +152,6 @@ class DeepImagePrior(NetworkSetup, PredictiveDistribution, pl.LightningModule):
         """How evaluations bin the UCE; the job sets it from the ``calibration`` config group."""
 
     # ------------------------------------------------------------------ set-up
-    def check_stopping(self, criterion: Any) -> None:
-        """Refuse, before anything is built, a stopping rule this method cannot follow: one whose
-        detected step would replace the result, when there are several trajectories (replicates)
-        or none (a method that takes no training step)."""
-        if self.replicates > 1:
-            check_replicate_stopping(self.replicates, criterion)
-        if not self.trains_network and criterion.reports_detection:
-            raise ConfigError(
-                "stopping",
-                criterion.name,
-                f"{type(self).__name__} takes no training step, so there is no step for a stopping "
-                "rule to pick; use stopping=fixed",
-            )
-
     def attach(self, problem: InverseProblem) -> DeepImagePrior:
         """Bind the method to a problem: build the input and the network for its image shape."""
         if self.uses_log_precision and not problem.operator.measurement_in_image_space:
@@ -274,15 +248,6 @@ class DeepImagePrior(NetworkSetup, PredictiveDistribution, pl.LightningModule):
                 checksum,
             )
 
-    def after_fit(self) -> None:
-        """Work done once, after training and before the results are evaluated.
-
-        For a method whose expensive part needs the fitted weights but not every step (a
-        linearisation around them, a closed-form posterior). The job calls it on the rank that
-        writes the results, unless training diverged or was interrupted; a signal during it ends
-        it at once and the run reports what training gave. Plain DIP does nothing here.
-        """
-
     def build_optimizer(self) -> torch.optim.Optimizer:
         """The configured optimiser over every parameter (a fitted operator's too); samplers
         build their own."""
@@ -323,14 +288,6 @@ class DeepImagePrior(NetworkSetup, PredictiveDistribution, pl.LightningModule):
             return problem.training_mean(residual_sq)
         s = log_precision.clamp(-self.log_precision_clamp, self.log_precision_clamp)
         return problem.training_mean(torch.exp(s) * residual_sq - s, self.likelihood_mask)
-
-    def extra_loss(self) -> Tensor | None:
-        """Loss terms on the weights (the KL of MFVI); none for plain DIP."""
-        return None
-
-    def output_loss(self, image: Tensor) -> Tensor | None:
-        """The method's own penalty on the output (DRP's TV), beside any ``regulariser``."""
-        return None
 
     def perturbed_input(self) -> Tensor:
         """This step's network input: z plus fresh Gaussian noise of ``perturbation_std``."""
@@ -415,11 +372,6 @@ class DeepImagePrior(NetworkSetup, PredictiveDistribution, pl.LightningModule):
             self.log_step("train/psnr", record.psnr)
             self.log_step("train/psnr_ema", record.ema_psnr)
         return record
-
-    def result_metrics(self) -> dict[str, Any]:
-        """Scalars of the method itself for metrics.json (backtracking restores; a fitted noise
-        level); subclasses add theirs."""
-        return self.backtracking_summary()
 
     def backtracking_summary(self) -> dict[str, int]:
         """How many steps were taken again after a collapse (metrics.json ``backtracks``)."""

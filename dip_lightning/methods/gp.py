@@ -30,7 +30,7 @@ from dip_lightning.gp.prior import GPPrior
 from dip_lightning.gp.regression import GPPosterior, GPSettings, posterior
 from dip_lightning.methods.base import DeepImagePrior, NetFactory, OptimizerFactory
 from dip_lightning.methods.prediction import Prediction, measurement_variance
-from dip_lightning.physics.base import ForwardOperator
+from dip_lightning.metrics.loglik import DiagonalCovariance, SampleCovariance
 from dip_lightning.physics.observation import InverseProblem
 
 log = logging.getLogger(__name__)
@@ -189,8 +189,13 @@ class GaussianProcessDIP(DeepImagePrior):
     def attach(self, problem: InverseProblem) -> GaussianProcessDIP:
         """Check that the GP can take the problem (image size, a fixed operator) before any work."""
         operator = problem.operator
-        if not isinstance(operator, ForwardOperator):
-            raise ConfigError("operator", type(operator).__name__, "must be a ForwardOperator")
+        if not operator.linear:
+            raise ConfigError(
+                "operator",
+                type(operator).__name__,
+                "method=gp does exact Gaussian regression, which needs a linear operator; this one "
+                "is not linear (use a trained method)",
+            )
         if any(p.requires_grad for p in operator.parameters()):
             raise ConfigError(
                 "operator",
@@ -285,11 +290,19 @@ class GaussianProcessDIP(DeepImagePrior):
         if result is None:
             return Prediction(zeros + self.gp_prior.mean, zeros, zeros.clone())
         variance = zeros if result.variance is None else result.variance.to(zeros)
+        # The test log-likelihood's patches see the pixels' correlations through the Monte Carlo
+        # samples when they were drawn; the exact path keeps only the per-pixel variance.
+        covariance = (
+            SampleCovariance(result.samples.to(zeros))
+            if result.samples is not None
+            else DiagonalCovariance(variance)
+        )
         return Prediction(
             mean=result.mean.to(zeros),
             epistemic=variance,
             aleatoric=zeros.clone(),
             measurement_epistemic=self.gp_measurement_variance,
+            covariance=covariance,
         )
 
     def result_metrics(self) -> dict[str, Any]:

@@ -219,7 +219,7 @@ def finalise(
     metrics.update(replicate_metrics)
     peak = method.trajectory.peak_summary()
     metrics.update(peak)
-    metrics.update(method.backtracking_summary())
+    metrics.update(method.summary_metrics())
     if "peak_psnr" in metrics and "psnr" in metrics:
         metrics["peak_gap"] = metrics["peak_psnr"] - metrics["psnr"]
     metrics.update(stopping.summary())

@@ -392,3 +392,8 @@ class DeepImagePrior(NetworkSetup, PredictiveDistribution, pl.LightningModule):
     def backtracking_summary(self) -> dict[str, int]:
         """How many steps were taken again after a collapse (metrics.json ``backtracks``)."""
         return {} if self.backtracking is None else {"backtracks": self.backtracking.restores}
+
+    def summary_metrics(self) -> dict[str, Any]:
+        """Method-specific numbers for metrics.json (backtracking, fitted hyperparameters);
+        subclasses extend the dictionary."""
+        return self.backtracking_summary()

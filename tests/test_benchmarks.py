@@ -55,3 +55,17 @@ def test_ct_table_runs_per_method_budgets_and_reuses_finished_jobs(tmp_path, mon
     assert [r["psnr"] for r in again] == [r["psnr"] for r in rows]
     ct_table.main([a if a != "dip=2" else "dip=3" for a in args])  # another budget: run again
     assert metrics.stat().st_mtime_ns != written
+
+
+def test_lin_dip_table_quick_ranks_six_predictives_on_one_scale(tmp_path):
+    from benchmarks import lin_dip_table
+
+    out = tmp_path / "lin_dip.csv"
+    rows = lin_dip_table.main(["--quick", "--out", str(out)])
+    assert sorted(r["method"] for r in rows) == sorted(lin_dip_table.ROWS)
+    assert all(math.isfinite(r["loglik_patch1"]) and math.isfinite(r["loglik_full"]) for r in rows)
+    # the two DIP rows share the fit; for isotropic variance both log-likelihoods agree
+    dip = rows[0]
+    assert dip["loglik_patch1"] == pytest.approx(dip["loglik_full"])
+    with open(out) as handle:
+        assert len(list(csv.DictReader(handle))) == 6

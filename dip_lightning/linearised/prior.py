@@ -174,7 +174,9 @@ class BlockPrior(nn.Module):
         """The fitted hyperparameters by block name, for metrics.json."""
         values: dict[str, float] = {}
         for i, block in enumerate(self.blocks):
-            values[f"prior_variance/{block.name}"] = float(self.log_variance[i].exp())
+            values[f"prior_variance/{block.name}"] = float(self.log_variance[i].detach().exp())
             if block.is_gp:
-                values[f"lengthscale/{block.name}"] = float(self.log_lengthscale[self.gp_index[i]].exp())
+                values[f"lengthscale/{block.name}"] = float(
+                    self.log_lengthscale[self.gp_index[i]].detach().exp()
+                )
         return values

@@ -21,19 +21,10 @@ import torch
 from torch import Tensor
 
 from dip_lightning.errors import ConfigError, check_choice, check_int, check_positive
-from dip_lightning.linearised.jacobian import LinearisedNetwork, LowRankJacobian
-from dip_lightning.linearised.marginal import (
-    HYPERPRIORS,
-    ExactObservation,
-    LowRankObservation,
-    MLLSettings,
-    TVPredCP,
-    optimise_hyperparameters,
-    predcp_draws,
-)
-from dip_lightning.linearised.measurement import Measurement
+from dip_lightning.linearised.marginal import HYPERPRIORS, MLLSettings, optimise_hyperparameters
+from dip_lightning.linearised.model import LinearModel
 from dip_lightning.linearised.predictive import exact_covariance, matheron_samples, woodbury_preconditioner
-from dip_lightning.linearised.prior import BlockPrior, conv_blocks
+from dip_lightning.linearised.prior import BlockPrior
 from dip_lightning.methods.base import DeepImagePrior
 from dip_lightning.methods.prediction import Prediction
 
@@ -120,6 +111,7 @@ class LinearisedDIP(DeepImagePrior):
         self.cg_max_iter = check_int("method.sampling.cg_max_iter", sampling.get("cg_max_iter", 50), 1)
         self.cg_rtol = check_positive("method.sampling.cg_rtol", sampling.get("cg_rtol", 1e-3))
         self.sample_batch = check_int("method.sampling.batch_size", sampling.get("batch_size", 16), 1)
+        self._linear_model: LinearModel | None = None
         self.result: dict[str, Any] | None = None
         """After :meth:`after_fit`: the mean, the variance maps and what the fit found."""
 
@@ -129,68 +121,51 @@ class LinearisedDIP(DeepImagePrior):
             return self.covariance == "exact"
         return num_pixels * num_params <= self.exact_max_entries
 
+    def linear_model(self) -> LinearModel:
+        """The linearisation around the current weights (made once; after_fit may run again with
+        other hyperparameter settings on the same fit)."""
+        if self._linear_model is None:
+            self._linear_model = LinearModel(
+                self.net,
+                self.net_input,
+                self.problem,
+                lambda out: self.split_output(out)[0],
+                self.uses_exact_path,
+                self.rank,
+                self.oversampling,
+                int(self.seed),
+            )
+        return self._linear_model
+
     def after_fit(self) -> None:
         """Linearise, fit the hyperparameters and compute the predictive distribution."""
         start = time.perf_counter()
-        problem = self.problem
-        blocks = conv_blocks(self.net)
-        prior = BlockPrior(blocks, self.init_prior_variance, self.init_lengthscale)
-        linear = LinearisedNetwork(self.net, self.net_input, blocks, lambda out: self.split_output(out)[0])
-        measurement = Measurement(problem)
-        residual = measurement.y - measurement.forward(linear.output[None].detach())[0]
-        shape = (problem.channels, *problem.image_shape)
+        model = self.linear_model()
+        prior = BlockPrior(model.blocks, self.init_prior_variance, self.init_lengthscale)
         generator = torch.Generator().manual_seed(int(self.seed))
-        exact = self.uses_exact_path(linear.num_pixels, linear.num_params)
-        lowrank: LowRankJacobian | None = None
-        if exact:
-            jac = linear.assemble().detach()
-            aj = measurement.forward(jac.T).T  # (M, P)
-            observation = ExactObservation(prior, aj)
-
-            def columns(i: int) -> Tensor:
-                b = blocks[i]
-                return jac[:, b.start : b.stop].reshape(-1, b.filters, b.positions)
-
-            def to_image(features: Tensor) -> Tensor:
-                return features
-
-            from_image = to_image
-        else:
-            lowrank = linear.low_rank(self.rank, self.oversampling, seed=int(self.seed))
-            phi = measurement.forward(lowrank.u.T).T * lowrank.s  # A U S (M, r)
-            observation = LowRankObservation(prior, phi, lowrank.v)
-
-            def columns(i: int) -> Tensor:
-                b = blocks[i]
-                return lowrank.v[b.start : b.stop].T.reshape(-1, b.filters, b.positions)
-
-            def to_image(features: Tensor) -> Tensor:
-                return (features * lowrank.s) @ lowrank.u.T
-
-            def from_image(images: Tensor) -> Tensor:
-                return (images.double() @ lowrank.u) * lowrank.s
-
         hyperprior = None
         if self.hyperprior == "tv_pred_cp" and prior.gp_index:
-            draws = predcp_draws(prior, columns, self.predcp_samples, generator)
-            hyperprior = TVPredCP(prior, draws, to_image, from_image, shape, self.predcp_scale)
+            hyperprior = model.tv_pred_cp(prior, self.predcp_samples, self.predcp_scale, generator)
         noise, curve = optimise_hyperparameters(
             prior,
-            observation,
-            float(residual.pow(2).sum()),
-            prior.scatter(linear.theta),
+            model.observation,
+            model.residual_sq,
+            prior.scatter(model.linear.theta),
             self.mll,
             hyperprior,
         )
-        mean = linear.output.detach().reshape(1, *shape)
+        measurement, shape, exact = model.measurement, model.shape, model.exact
+        mean = model.mean
         if exact:
-            predictive = exact_covariance(jac, aj, prior, noise)
+            predictive = exact_covariance(model.jac, model.aj, prior, noise)
             epistemic = predictive.image_cov.diagonal().reshape(1, *shape)
             measurement_var = predictive.measurement_var
             samples, image_cov = None, predictive.image_cov
         else:
-            precondition = woodbury_preconditioner(phi, observation.weight_cov(prior).detach(), float(noise))
-            products = linear if self.products == "exact" else lowrank
+            precondition = woodbury_preconditioner(
+                model.phi, model.observation.weight_cov(prior).detach(), float(noise)
+            )
+            products = model.linear if self.products == "exact" else model.lowrank
             with torch.no_grad():
                 samples, iterations = matheron_samples(
                     products,

@@ -53,6 +53,7 @@ from dip_lightning.metrics.image import psnr  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROWS = ("DIP (s2=1)", "DIP (MLL s2)", "MC dropout", "MFVI", "lin-DIP (MLL)", "lin-DIP (TV-MAP)")
+SAMPLED = "lin-DIP (TV-MAP) sampled"
 COLUMNS = (
     "angles",
     "phantom",
@@ -130,6 +131,7 @@ def row(
         "fit_s": fit_s,
         "post_s": post_s,
         "noise_var": noise,
+        "true_noise_var": float("nan"),
     }
 
 
@@ -147,6 +149,8 @@ def lin_dip_rows(angles: int, phantom: int, args: argparse.Namespace) -> list[di
         rows.append(
             row(angles, phantom, label, r["mean"], r["image_cov"], truth, fit_s, post_s, r["noise_variance"])
         )
+    for r in rows:
+        r["true_noise_var"] = method.problem.noise_std**2
     mean = method.result["mean"]
     eye = torch.eye(mean.numel(), dtype=torch.float64)
     mll_noise = rows[0]["noise_var"]
@@ -186,6 +190,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--mll-iterations", type=int, default=2000)
     parser.add_argument("--mc-samples", type=int, default=256)
     parser.add_argument("--methods", nargs="+", default=["lin_dip", "mcdropout", "mfvi"])
+    parser.add_argument(
+        "--sampling-check",
+        action="store_true",
+        help="also run lin-DIP (TV-MAP) on the sampling path on the same fit (patch-1 log-likelihood)",
+    )
+    parser.add_argument("--sampling-samples", type=int, default=1024)
+    parser.add_argument("--sampling-rank", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="1 phantom, 10 angles, 16 px, a few steps")
     parser.add_argument("--out", type=Path, default=RESULTS / "lin_dip_table_cpu.csv")
     args = parser.parse_args(argv)
@@ -231,7 +242,7 @@ def report(rows: list[dict]) -> None:
     print("|---|---|---|---|---|---|---|---|")
     means: dict[tuple[int, str], float] = {}
     for angles in sorted({r["angles"] for r in rows}):
-        for name in ROWS:
+        for name in (*ROWS, SAMPLED):
             sel = [r for r in rows if r["angles"] == angles and r["method"] == name]
             if not sel:
                 continue

@@ -149,6 +149,17 @@ def lin_dip_rows(angles: int, phantom: int, args: argparse.Namespace) -> list[di
         rows.append(
             row(angles, phantom, label, r["mean"], r["image_cov"], truth, fit_s, post_s, r["noise_variance"])
         )
+    if args.sampling_check:
+        # the same fit on the sampling path: Matheron samples, low-rank preconditioned CG
+        method._linear_model, method.covariance, method.num_samples = None, "sampling", args.sampling_samples
+        method.rank = args.sampling_rank
+        start = time.perf_counter()
+        method.after_fit()
+        post_s = time.perf_counter() - start
+        r = method.result
+        cov = torch.diag(r["epistemic"].flatten().double())
+        rows.append(row(angles, phantom, SAMPLED, r["mean"], cov, truth, fit_s, post_s, r["noise_variance"]))
+        rows[-1]["loglik_full"] = float("nan")  # patch size 1 only: the samples' diagonal
     for r in rows:
         r["true_noise_var"] = method.problem.noise_std**2
     mean = method.result["mean"]

@@ -136,7 +136,11 @@ def row(
 
 
 def lin_dip_rows(angles: int, phantom: int, args: argparse.Namespace) -> list[dict]:
-    extra = [f"method.mll.iterations={args.mll_iterations}", "method.covariance=exact"]
+    extra = [
+        f"method.mll.iterations={args.mll_iterations}",
+        f"method.mll.lr={args.mll_lr}",
+        "method.covariance=exact",
+    ]
     method, fit_s = fit(config("lin_dip", angles, phantom, args, extra))
     truth = method.problem.ground_truth
     rows = []
@@ -199,6 +203,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--model", default="skip_tiny")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--mll-iterations", type=int, default=2000)
+    parser.add_argument("--mll-lr", type=float, default=0.01)
     parser.add_argument("--mc-samples", type=int, default=256)
     parser.add_argument("--methods", nargs="+", default=["lin_dip", "mcdropout", "mfvi"])
     parser.add_argument(

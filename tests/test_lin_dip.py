@@ -209,3 +209,16 @@ def test_bad_settings_are_rejected_before_training(small_config, setting, value)
     cfg = small_config(*CT_SMALL, f"{setting}={value}")
     with pytest.raises(ConfigError, match=setting.replace(".", r"\.")):
         build_method(cfg, build_problem(cfg))
+
+
+def test_a_full_rank_randomised_factorisation_reproduces_the_jacobian():
+    linear, _ = tiny_linearisation(torch.float64)
+    jac = linear.assemble()
+    lowrank = linear.low_rank(rank=linear.num_pixels, oversampling=0)
+    v = torch.randn(2, linear.num_params, dtype=torch.float64)
+    torch.testing.assert_close(lowrank.jvp(v), v @ jac.T, rtol=1e-6, atol=1e-8)
+    # a low rank keeps the leading singular values (one pass, no power iterations: a few per cent)
+    top = torch.linalg.svdvals(jac)[:5]
+    found = linear.low_rank(rank=5, oversampling=40).s
+    assert float(found[0] / top[0]) == pytest.approx(1.0, abs=1e-3)
+    torch.testing.assert_close(found, top, rtol=5e-2, atol=0)

@@ -95,24 +95,30 @@ class LinearisedNetwork:
         q, _ = torch.linalg.qr(y.T.double())  # (N, cols)
         qt = q.T.to(self.theta.dtype)
         b = torch.cat([self.vjp(qt[s : s + chunk]) for s in range(0, cols, chunk)])  # (cols, P) = Q^T J
-        ub, s, vt = torch.linalg.svd(b.double(), full_matrices=False)
-        r = min(rank, s.numel())
-        return LowRankJacobian(u=(q @ ub[:, :r]), s=s[:r], v=vt[:r].T)
+        # B B^T = Ub S^2 Ub^T and V = B^T Ub / S: the (cols, cols) eigenproblem instead of an SVD
+        # of the (cols, P) matrix, and V kept in the network's precision (P can be millions)
+        gram = (b.double() @ b.double().T) if b.shape[1] < 4_000_000 else (b @ b.T).double()
+        eigval, ub = torch.linalg.eigh(gram)
+        order = torch.argsort(eigval, descending=True)[: min(rank, cols)]
+        s = eigval[order].clamp_min(1e-300).sqrt()
+        ub = ub[:, order]
+        v = ((b.T @ ub.to(b.dtype)) / s.to(b.dtype)).contiguous()
+        return LowRankJacobian(u=(q @ ub), s=s, v=v)
 
 
 @dataclass
 class LowRankJacobian:
-    """J ~ U diag(S) V^T: U (N, r), S (r,), V (P, r), float64."""
+    """J ~ U diag(S) V^T: U (N, r) and S (r,) float64, V (P, r) in the network's precision."""
 
     u: Tensor
     s: Tensor
     v: Tensor
 
     def jvp(self, v: Tensor) -> Tensor:
-        return ((v.double() @ self.v) * self.s) @ self.u.T
+        return ((v.to(self.v.dtype) @ self.v).double() * self.s) @ self.u.T
 
     def vjp(self, u: Tensor) -> Tensor:
-        return ((u.double() @ self.u) * self.s) @ self.v.T
+        return (((u.double() @ self.u) * self.s).to(self.v.dtype) @ self.v.T).double()
 
 
 class DenseJacobian:

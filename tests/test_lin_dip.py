@@ -220,5 +220,5 @@ def test_a_full_rank_randomised_factorisation_reproduces_the_jacobian():
     # a low rank keeps the leading singular values (one pass, no power iterations: a few per cent)
     top = torch.linalg.svdvals(jac)[:5]
     found = linear.low_rank(rank=5, oversampling=40).s
-    assert float(found[0] / top[0]) == pytest.approx(1.0, abs=1e-3)
+    assert float(found[0] / top[0]) == pytest.approx(1.0, abs=1e-2)
     torch.testing.assert_close(found, top, rtol=5e-2, atol=0)

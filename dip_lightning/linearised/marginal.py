@@ -107,9 +107,12 @@ class LowRankObservation:
     def log_det(self, prior: BlockPrior, noise_variance: Tensor) -> Tensor:
         q = self.weight_cov(prior)
         chol = torch.linalg.cholesky(
-            q + 1e-10 * q.diagonal().mean() * torch.eye(self.rank, dtype=torch.float64)
+            q + 1e-10 * q.diagonal().mean() * torch.eye(self.rank, dtype=torch.float64, device=q.device)
         )
-        inner = torch.eye(self.rank, dtype=torch.float64) + chol.T @ self.gram @ chol / noise_variance
+        inner = (
+            torch.eye(self.rank, dtype=torch.float64, device=q.device)
+            + chol.T @ self.gram @ chol / noise_variance
+        )
         return self.size * torch.log(noise_variance) + torch.linalg.slogdet(inner)[1]
 
 
@@ -152,7 +155,7 @@ class TVPredCP:
     def _tv_direction(self, draws: Tensor, chol: Tensor) -> Tensor:
         """q = mean_s C_s^T g(x_s), (k^2 k^2,)."""
         with torch.no_grad():
-            x = self.to_image(draws @ chol.flatten().to(draws.dtype))
+            x = self.to_image(draws @ chol.flatten().to(device=draws.device, dtype=draws.dtype))
         x = x.detach().requires_grad_()
         with torch.enable_grad():
             (g,) = torch.autograd.grad(total_variation(x, self.shape).sum(), x)
@@ -160,11 +163,11 @@ class TVPredCP:
         return (back.to(draws.dtype).reshape(1, -1) @ draws.reshape(-1, draws.shape[-1]))[0] / draws.shape[0]
 
     def loss(self, prior: BlockPrior) -> Tensor:
-        total = torch.zeros((), dtype=torch.float64)
+        total = torch.zeros((), dtype=torch.float64, device=prior.log_variance.device)
         for i, draws in self.draws.items():
             chol = torch.linalg.cholesky(prior.kernel_matrix(i))
             q = self._tv_direction(draws, chol.detach()).double()
-            kappa = chol.flatten() @ q
+            kappa = chol.flatten() @ q.to(chol.device)
             (grad,) = torch.autograd.grad(kappa, prior.log_lengthscale, create_graph=True)
             slope = grad[prior.gp_index[i]]
             total = total + kappa - torch.log(slope.abs() + 1e-30)
@@ -210,7 +213,11 @@ def optimise_hyperparameters(
     should_stop: Callable[[], bool] | None = None,
 ) -> tuple[Tensor, list[float]]:
     """Fit the prior's hyperparameters and the noise variance; returns sigma_y^2 and the loss curve."""
-    log_noise = nn.Parameter(torch.tensor(math.log(settings.init_noise_variance), dtype=torch.float64))
+    log_noise = nn.Parameter(
+        torch.tensor(
+            math.log(settings.init_noise_variance), dtype=torch.float64, device=prior.log_variance.device
+        )
+    )
     params = [prior.log_variance, log_noise] + ([prior.log_lengthscale] if prior.gp_index else [])
     optimizer = torch.optim.Adam(params, lr=settings.lr)
     curve = []

@@ -53,7 +53,7 @@ def exact_covariance(
     prior_image = j_cov @ jacobian.double().T  # S
     cross = aj.double() @ j_cov.T  # A S (M, N)
     signal = aj.double() @ prior.apply_cov(aj.double()).T  # A S A^T
-    k = signal + float(noise_variance) * torch.eye(signal.shape[0], dtype=torch.float64)
+    k = signal + float(noise_variance) * torch.eye(signal.shape[0], dtype=torch.float64, device=signal.device)
     chol = torch.linalg.cholesky(k)
     solved = torch.cholesky_solve(cross, chol)  # K^{-1} A S
     image_cov = prior_image - cross.T @ solved
@@ -101,7 +101,7 @@ def woodbury_preconditioner(
     """K~^{-1} for K~ = sigma^2 I + Phi Q Phi^T (a low-rank J's observation covariance), by Woodbury
     through the Cholesky factor L of Q: sigma^-2 (I - Phi L (sigma^2 I + L^T Phi^T Phi L)^{-1} L^T Phi^T)."""
     r = weight_cov.shape[0]
-    eye = torch.eye(r, dtype=torch.float64)
+    eye = torch.eye(r, dtype=torch.float64, device=weight_cov.device)
     chol_q = torch.linalg.cholesky(weight_cov + 1e-10 * weight_cov.diagonal().mean() * eye)
     phil = phi.double() @ chol_q  # (M, r)
     inner = torch.linalg.cholesky(noise_variance * eye + phil.T @ phil)
@@ -140,7 +140,7 @@ def matheron_samples(
         b = min(batch_size, num_samples - start)
         w = prior.sample(b, generator=generator)
         x0 = jacobian.jvp(w).double()
-        noise = torch.randn(b, measurement.size, generator=generator, dtype=torch.float64)
+        noise = torch.randn(b, measurement.size, generator=generator, dtype=torch.float64).to(x0.device)
         y0 = measurement.forward(x0) + noise_variance**0.5 * noise
         u, its = conjugate_gradients(matvec, y0, precondition, max_iter, rtol)
         samples.append(x0 - prior_image_cov(measurement.adjoint(u)))

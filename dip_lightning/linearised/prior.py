@@ -141,7 +141,7 @@ class BlockPrior(nn.Module):
         for block, matrix in zip(self.blocks, matrices):
             chunk = v[..., block.start : block.stop]
             shaped = chunk.reshape(*chunk.shape[:-1], block.filters, block.positions)
-            out.append((shaped @ matrix.to(v.dtype).T).reshape(chunk.shape))
+            out.append((shaped @ matrix.to(device=v.device, dtype=v.dtype).T).reshape(chunk.shape))
         return torch.cat(out, dim=-1)
 
     def apply_cov(self, v: Tensor) -> Tensor:
@@ -150,8 +150,8 @@ class BlockPrior(nn.Module):
 
     def sample(self, num: int, generator: torch.Generator | None = None, dtype=torch.float64) -> Tensor:
         """(num, P) draws from N(0, Sigma_theta)."""
-        device = self.log_variance.device
-        eps = torch.randn(num, self.num_params, generator=generator, dtype=dtype, device=device)
+        # drawn on the CPU (where the generator lives), then moved
+        eps = torch.randn(num, self.num_params, generator=generator, dtype=dtype).to(self.log_variance.device)
         chol = [torch.linalg.cholesky(self.kernel_matrix(i)) for i in range(len(self.blocks))]
         return self._blockwise(eps, chol)
 
@@ -166,7 +166,8 @@ class BlockPrior(nn.Module):
         """Per block, sum over filters of w_f w_f^T, (k^2, k^2)."""
         out = []
         for block in self.blocks:
-            w = theta[block.start : block.stop].double().reshape(block.filters, block.positions)
+            w = theta[block.start : block.stop].double().to(self.log_variance.device)
+            w = w.reshape(block.filters, block.positions)
             out.append(w.T @ w)
         return out
 

@@ -141,7 +141,7 @@ class LinearisedDIP(DeepImagePrior):
         """Linearise, fit the hyperparameters and compute the predictive distribution."""
         start = time.perf_counter()
         model = self.linear_model()
-        prior = BlockPrior(model.blocks, self.init_prior_variance, self.init_lengthscale)
+        prior = BlockPrior(model.blocks, self.init_prior_variance, self.init_lengthscale).to(self.device)
         generator = torch.Generator().manual_seed(int(self.seed))
         hyperprior = None
         if self.hyperprior == "tv_pred_cp" and prior.gp_index:

@@ -64,6 +64,7 @@ COLUMNS = (
     "fit_s",
     "post_s",
     "noise_var",
+    "true_noise_var",
 )
 
 

@@ -198,7 +198,8 @@ def sampled_row(method_name: str, label: str, angles: int, phantom: int, args: a
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--phantoms", type=int, default=5, help="ellipse seeds 0..N-1")
+    parser.add_argument("--phantoms", type=int, default=5, help="ellipse seeds first..first+N-1")
+    parser.add_argument("--first", type=int, default=0, help="the first ellipse seed")
     parser.add_argument("--angles", type=int, nargs="+", default=[10, 20])
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--model", default="skip_tiny")
@@ -216,7 +217,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--sampling-rank", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="1 phantom, 10 angles, 16 px, a few steps")
     parser.add_argument("--out", type=Path, default=RESULTS / "lin_dip_table_cpu.csv")
+    parser.add_argument("--report", type=Path, nargs="+", help="only print the table of these CSV files")
     args = parser.parse_args(argv)
+    if args.report:
+        rows = [parse(r) for path in args.report for r in csv.DictReader(path.open())]
+        report(rows)
+        return rows
     if args.quick:
         args.phantoms, args.angles, args.size, args.steps, args.mll_iterations, args.mc_samples = (
             1,
@@ -229,7 +235,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.set_num_threads(1)
     rows: list[dict] = []
     for angles in args.angles:
-        for phantom in range(args.phantoms):
+        for phantom in range(args.first, args.first + args.phantoms):
             start = time.perf_counter()
             if "lin_dip" in args.methods:
                 rows += lin_dip_rows(angles, phantom, args)
@@ -244,6 +250,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
             write(rows, args.out)
     report(rows)
     return rows
+
+
+def parse(raw: dict[str, str]) -> dict:
+    return {
+        k: (v if k == "method" else int(v) if k in ("angles", "phantom") else float(v))
+        for k, v in raw.items()
+    }
 
 
 def write(rows: list[dict], path: Path) -> None:

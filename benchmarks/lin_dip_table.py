@@ -65,6 +65,7 @@ COLUMNS = (
     "post_s",
     "noise_var",
     "true_noise_var",
+    "residual_var",
 )
 
 
@@ -133,6 +134,7 @@ def row(
         "post_s": post_s,
         "noise_var": noise,
         "true_noise_var": float("nan"),
+        "residual_var": float("nan"),
     }
 
 
@@ -156,13 +158,14 @@ def lin_dip_rows(angles: int, phantom: int, args: argparse.Namespace) -> list[di
         )
     if args.sampling_check:
         rows += sampling_check(method, angles, phantom, args, truth, fit_s)
-    for r in rows:
-        r["true_noise_var"] = method.problem.noise_std**2
     mean = method.result["mean"]
     eye = torch.eye(mean.numel(), dtype=torch.float64)
     mll_noise = rows[0]["noise_var"]
     rows.insert(0, row(angles, phantom, "DIP (MLL s2)", mean, mll_noise * eye, truth, fit_s, 0.0, mll_noise))
     rows.insert(0, row(angles, phantom, "DIP (s2=1)", mean, eye, truth, fit_s, 0.0, 1.0))
+    for r in rows:  # the noise variance of the simulation, and the fit's mean squared residual
+        r["true_noise_var"] = method.problem.noise_std**2
+        r["residual_var"] = method.result["residual_variance"]
     return rows
 
 

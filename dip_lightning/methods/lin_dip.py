@@ -190,6 +190,7 @@ class LinearisedDIP(DeepImagePrior):
             "image_cov": image_cov,
             "samples": samples,
             "noise_variance": float(noise),
+            "residual_variance": model.residual_sq / model.measurement.size,
             "prior": prior.describe(),
             "path": "exact" if exact else "sampling",
             "mll_loss": curve[-1] if curve else float("nan"),
@@ -230,6 +231,7 @@ class LinearisedDIP(DeepImagePrior):
                 {
                     "lin_dip_path": r["path"],
                     "lin_dip_noise_variance": r["noise_variance"],
+                    "lin_dip_residual_variance": r["residual_variance"],
                     "lin_dip_mll_loss": r["mll_loss"],
                     "lin_dip_seconds": r["seconds"],
                     **{f"lin_dip_{k}": v for k, v in r["prior"].items()},

@@ -43,6 +43,7 @@ TINY_PRETRAINING = (
 # training (2000 hyperparameter steps, a rank-200 Jacobian) is sized for real runs.
 QUICK_METHOD_SETTINGS: dict[str, tuple[str, ...]] = {
     "lin_dip": (
+        "method.covariance=sampling",
         "method.mll.iterations=3",
         "method.predcp.num_samples=4",
         "method.sampling.rank=10",

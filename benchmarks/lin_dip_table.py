@@ -304,6 +304,13 @@ def report(rows: list[dict]) -> None:
         got = {name: means.get((angles, name)) for name in ROWS}
         if None in (got["lin-DIP (MLL)"], got["lin-DIP (TV-MAP)"], got["MC dropout"], got["DIP (s2=1)"]):
             continue
+        per = {}
+        for r in rows:
+            if r["angles"] == angles:
+                per.setdefault(r["phantom"], {})[r["method"]] = r["loglik_full"]
+        complete = [p for p in per.values() if all(k in p for k in ROWS[:3] + ROWS[4:])]
+        wins = sum(min(p["lin-DIP (MLL)"], p["lin-DIP (TV-MAP)"]) > p["MC dropout"] for p in complete)
+        print(f"{angles} angles: both lin-DIP rows above MC dropout on {wins} of {len(complete)} phantoms")
         lin_above = min(got["lin-DIP (MLL)"], got["lin-DIP (TV-MAP)"]) > got["MC dropout"]
         mcdo_above = got["MC dropout"] > got["DIP (s2=1)"]
         print(

@@ -39,6 +39,19 @@ TINY_PRETRAINING = (
 )
 
 
+# What a few-step test run of a method needs beyond its defaults: the linearised DIP's work after
+# training (2000 hyperparameter steps, a rank-200 Jacobian) is sized for real runs.
+QUICK_METHOD_SETTINGS: dict[str, tuple[str, ...]] = {
+    "lin_dip": (
+        "method.covariance=sampling",
+        "method.mll.iterations=3",
+        "method.predcp.num_samples=4",
+        "method.sampling.rank=10",
+        "method.sampling.cg_max_iter=5",
+    ),
+}
+
+
 def config_options(group: str) -> list[str]:
     """The options of a config group, the names of ``conf/<group>/*.yaml``, sorted."""
     options = sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))

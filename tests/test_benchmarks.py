@@ -113,3 +113,17 @@ def test_drp_speed_times_both_methods_to_dips_peak_and_writes_csv(tmp_path):
     assert row["drp_drop"] == row["drp_peak"] - row["drp_final"] >= 0
     with open(out) as handle:
         assert next(csv.DictReader(handle))["image"] == "camera"
+
+
+def test_lin_dip_table_quick_ranks_six_predictives_on_one_scale(tmp_path):
+    from benchmarks import lin_dip_table
+
+    out = tmp_path / "lin_dip.csv"
+    rows = lin_dip_table.main(["--quick", "--out", str(out)])
+    assert sorted(r["method"] for r in rows) == sorted(lin_dip_table.ROWS)
+    assert all(math.isfinite(r["loglik_patch1"]) and math.isfinite(r["loglik_full"]) for r in rows)
+    # the two DIP rows share the fit; for isotropic variance both log-likelihoods agree
+    dip = rows[0]
+    assert dip["loglik_patch1"] == pytest.approx(dip["loglik_full"])
+    with open(out) as handle:
+        assert len(list(csv.DictReader(handle))) == 6

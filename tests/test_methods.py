@@ -29,12 +29,21 @@ from dip_lightning.methods.sgld import SGLDDIP, add_langevin_noise, langevin_par
 from dip_lightning.models.bayesian import MeanFieldConv2d
 from dip_lightning.models.layers import SampleBatchNorm2d
 from dip_lightning.priors import TotalVariation
-from tests.conftest import NOT_APPLICABLE, config_options, edip_checkpoint, trains_network
+from tests.conftest import (
+    NOT_APPLICABLE,
+    QUICK_METHOD_SETTINGS,
+    config_options,
+    edip_checkpoint,
+    trains_network,
+)
 
 METHODS = config_options("method")
 TASKS = config_options("task")
 # The methods that report a predictive distribution (variance maps, calibration).
-UNCERTAIN = ("sgld", "mcdropout", "mfvi", "gp")
+UNCERTAIN = ("sgld", "mcdropout", "mfvi", "gp", "lin_dip")
+# Of those, the methods whose predictive distribution is computed once after training: validation
+# during training reports no uncertainty for them.
+AFTER_FIT = ("lin_dip",)
 assert set(UNCERTAIN) <= set(METHODS), f"UNCERTAIN names a method missing from conf/method: {UNCERTAIN}"
 # The tasks of the MFVI-DIP comparison (conf/experiment/paper_<task>.yaml).
 PAPER_TASKS = [name.removeprefix("paper_") for name in config_options("experiment")]
@@ -67,7 +76,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def method_overrides(method: str) -> list[str]:
     """``method=<method>`` and what a few-step run of it needs: SGLD's samples, educated DIP's
     pretrained network (built on first use)."""
-    extra = {"sgld": SHORT_SGLD, "edip": (f"method.checkpoint={edip_checkpoint()}",)}
+    extra = {"sgld": SHORT_SGLD, "edip": (f"method.checkpoint={edip_checkpoint()}",), **QUICK_METHOD_SETTINGS}
     return [f"method={method}", *extra.get(method, ())]
 
 
@@ -145,6 +154,9 @@ def test_each_method_runs_on_each_task_and_writes_its_maps(small_config, tmp_pat
         assert validation == {}
         return
     assert validation["step"] == [2, 4]
+    if method in AFTER_FIT:
+        assert len(validation["psnr"]) == 2 and "uce" not in validation
+        return
     assert len(validation["psnr"]) == len(validation["uce"]) == 2
 
 

@@ -24,7 +24,7 @@ from dip_lightning.job.run import run
 from dip_lightning.metrics.image import psnr
 from dip_lightning.physics.ray_transform import CACHE_ENV_VAR
 from dip_lightning.stopping.discrepancy import NOISE_ESTIMATED, NOISE_FROM_PROBLEM
-from tests.conftest import NOT_APPLICABLE, config_options, run_cli, trains_network
+from tests.conftest import NOT_APPLICABLE, QUICK_METHOD_SETTINGS, config_options, run_cli, trains_network
 
 CRITERIA = config_options("stopping")
 METHODS = config_options("method")
@@ -335,6 +335,7 @@ def test_every_criterion_with_every_method(small_config, tmp_path, criterion, me
         small_config,
         f"task={task}",
         f"method={method}",
+        *QUICK_METHOD_SETTINGS.get(method, ()),
         f"stopping={criterion}",
         *CRITERION_SETTINGS[criterion],
         "data.size=32",

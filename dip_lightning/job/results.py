@@ -122,9 +122,11 @@ def baseline_metrics(problem: InverseProblem) -> tuple[torch.Tensor, dict[str, f
     if problem.ground_truth is None:
         return baseline, {}
     clipped = baseline.clamp(0, 1)
+    extra = problem.operator.image_metrics(clipped, problem.ground_truth)
     return baseline, {
         "baseline_psnr": float(psnr(clipped, problem.ground_truth).mean()),
         "baseline_ssim": float(ssim(clipped, problem.ground_truth).mean()),
+        **{f"baseline_{name}": value for name, value in extra.items()},
     }
 
 

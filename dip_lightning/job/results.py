@@ -263,6 +263,12 @@ def print_summary(result: RunResult, problem: InverseProblem) -> None:
         lines.append(
             f"  reconstruction PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f} ({m['reconstruction_source']})"
         )
+    if "psnr_aligned" in m:  # an operator's ambiguity-aware metrics (ForwardOperator.image_metrics)
+        lines.append(
+            f"  after the best shift ({m['shift_rows']}, {m['shift_cols']}) px: PSNR {m['psnr_aligned']:.2f} dB, "
+            f"SSIM {m['ssim_aligned']:.4f}"
+            + (f"; kernel PSNR {m['kernel_psnr']:.2f} dB" if "kernel_psnr" in m else "")
+        )
     replicates = replicate_summary_line(m)
     if replicates:
         lines.append(replicates)

@@ -114,7 +114,7 @@ class Blur(ForwardOperator):
         kernel_path: str | None = None,
         boundary: str = "valid",
         baseline: str = "wiener",
-        wiener_nsr: float = 1e-3,
+        wiener_nsr: float = 0.1,
         max_shift: int | None = None,
         image_shape: tuple[int, int] | None = None,
     ) -> None:

@@ -72,6 +72,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--noise", type=float, default=0.01, help="Gaussian noise std on [0, 1]")
     parser.add_argument("--steps", type=int, default=2000, help="training steps of every job")
     parser.add_argument("--model", default="skip_light", help="model config (skip_tiny, skip_light, skip)")
+    parser.add_argument(
+        "--kernel-lr",
+        type=float,
+        default=None,
+        help="operator.kernel_lr of the blind jobs (default: the task's)",
+    )
+    parser.add_argument(
+        "--switch",
+        default=None,
+        help="method.fidelity_switch.at of both jobs, a fraction or null (default: the task's)",
+    )
     parser.add_argument("--camera", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument(
         "--files", nargs="*", type=Path, default=None, help="image files (default: the X-ray)"
@@ -119,6 +130,8 @@ def common_overrides(args: argparse.Namespace, seed: int) -> list[str]:
         "trainer.check_val_every_n_epoch=100000",  # evaluate once, at the end
         "checkpoint.every_n_steps=0",
     ]
+    if args.switch is not None:
+        overrides.append(f"method.fidelity_switch.at={args.switch}")
     if args.device == "gpu":
         overrides.append("trainer=gpu")
     if args.threads:
@@ -212,7 +225,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             where = args.out_dir / image / f"motion_{seed}"
             # Interleaved per row, so that machine load affects both jobs alike.
             nonblind = run_job(["task=deblurring", *shared], where / "nonblind", args.reuse)
-            blind = run_job(["task=blind_deblurring", *shared], where / "blind", args.reuse)
+            kernel_lr = [] if args.kernel_lr is None else [f"operator.kernel_lr={args.kernel_lr}"]
+            blind = run_job(["task=blind_deblurring", *shared, *kernel_lr], where / "blind", args.reuse)
             rows.append(table_row(image, seed, nonblind, blind))
     if not rows:
         raise SystemExit("no image to measure: give --camera or --files")

@@ -273,9 +273,13 @@ class DeepImagePrior(NetworkSetup, PredictiveDistribution, pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = self.build_optimizer()
+        if self.schedule.kind == "constant":
+            return optimizer
         # run_settings.check_run_settings has made sure a schedule has a step budget.
-        scheduler = self.schedule.scheduler(optimizer, self.trainer.max_steps)
-        return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": self.schedule.scheduler(optimizer, self.trainer.max_steps),
+        }
 
     # ------------------------------------------------------------------ forward
     def split_output(self, output: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -297,17 +301,13 @@ class DeepImagePrior(NetworkSetup, PredictiveDistribution, pl.LightningModule):
         precision to the clamp.
         """
         problem = self.problem
-        if self.fidelity_switch.active(self.global_step_or_zero):
+        if self.fidelity_switch.active(self.global_step if self._trainer is not None else 0):
             return self.fidelity_switch(problem.operator(image), problem.observation, problem.training_mean)
         residual_sq = (problem.operator(image) - problem.observation).abs().pow(2)
         if log_precision is None:
             return problem.training_mean(residual_sq)
         s = log_precision.clamp(-self.log_precision_clamp, self.log_precision_clamp)
         return problem.training_mean(torch.exp(s) * residual_sq - s, self.likelihood_mask)
-
-    @property
-    def global_step_or_zero(self) -> int:  # the training step, 0 outside a trainer
-        return self.global_step if self._trainer is not None else 0
 
     def extra_loss(self) -> Tensor | None:
         """Loss terms on the weights (the KL of MFVI); none for plain DIP."""

@@ -20,7 +20,8 @@ least 3 dB above the blurry input and within 2 dB of the non-blind bound.
     python benchmarks/deblur_table.py --steps 5000 --model skip   # the reference's budget and network
     python benchmarks/deblur_table.py --quick            # seconds: 32 px, 5 px kernel, a few steps
 
-Prints a Markdown table and writes ``benchmarks/results/deblur_table_<device>.csv``.
+Prints a Markdown table and writes ``benchmarks/results/deblur_table_<device>.csv``; ``--figure
+PATH`` adds a montage (per row: truth, blurry, non-blind DIP, blind DIP, true and fitted kernel).
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--out-dir", type=Path, default=ROOT / "outputs" / "benchmarks" / "deblur_table")
     parser.add_argument("--csv", type=Path, default=None, help="default: results/deblur_table_<device>.csv")
+    parser.add_argument("--figure", type=Path, default=None, help="write a PNG montage of every row here")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job")
     args = parser.parse_args(argv)
     if args.files is None:
@@ -148,6 +150,45 @@ def run_job(overrides: list[str], output_dir: Path, reuse: bool) -> dict[str, An
         run(compose_config(overrides, output_dir))
         record.write_text(json.dumps(overrides))
     return json.loads((output_dir / "metrics.json").read_text())
+
+
+def kernel_images(blind_dir: Path, overrides: list[str], side: int) -> list[Any]:
+    """The true and the fitted kernel of a blind job (from its checkpoint), scaled to their peak."""
+    import torch
+    from PIL import Image
+
+    from dip_lightning.job.run import build_problem
+
+    operator = build_problem(compose_config(overrides, blind_dir / "figure")).operator
+    state = torch.load(blind_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    prefix = "fitted_operator."
+    operator.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+    pictures = []
+    for kernel in (operator.kernel, operator.current_kernel().detach()):
+        values = (kernel / kernel.max()).clamp(0, 1).mul(255).byte().cpu().numpy()
+        pictures.append(Image.fromarray(values).resize((side, side), Image.NEAREST))
+    return pictures
+
+
+def figure(rows: list[tuple[str, Path, list[str]]], path: Path, side: int = 160) -> None:
+    """One line per row: truth, blurry, non-blind DIP, blind DIP, the true and the fitted kernel."""
+    from PIL import Image
+
+    gap = 4
+    canvas = Image.new("L", (6 * (side + gap), len(rows) * (side + gap)), 255)
+    for i, (_, where, blind_overrides) in enumerate(rows):
+        files = [
+            where / "blind" / "ground_truth.png",
+            where / "blind" / "baseline.png",
+            where / "nonblind" / "reconstruction.png",
+            where / "blind" / "reconstruction.png",
+        ]
+        tiles = [Image.open(f).convert("L").resize((side, side)) for f in files]
+        tiles += kernel_images(where / "blind", blind_overrides, side)
+        for j, tile in enumerate(tiles):
+            canvas.paste(tile, (j * (side + gap), i * (side + gap)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
 
 
 def table_row(image: str, seed: int, nonblind: dict[str, Any], blind: dict[str, Any]) -> dict[str, Any]:
@@ -218,7 +259,7 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
-    rows = []
+    rows, pictured = [], []
     for image, data in images(args):
         for seed in args.kernel_seeds:
             shared = [*data, *common_overrides(args, seed)]
@@ -226,8 +267,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             # Interleaved per row, so that machine load affects both jobs alike.
             nonblind = run_job(["task=deblurring", *shared], where / "nonblind", args.reuse)
             kernel_lr = [] if args.kernel_lr is None else [f"operator.kernel_lr={args.kernel_lr}"]
-            blind = run_job(["task=blind_deblurring", *shared, *kernel_lr], where / "blind", args.reuse)
+            blind_overrides = ["task=blind_deblurring", *shared, *kernel_lr]
+            blind = run_job(blind_overrides, where / "blind", args.reuse)
             rows.append(table_row(image, seed, nonblind, blind))
+            pictured.append((image, where, blind_overrides))
     if not rows:
         raise SystemExit("no image to measure: give --camera or --files")
     table = rows + ([mean_row(rows)] if len(rows) > 1 else [])
@@ -236,6 +279,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     path = args.csv or RESULTS / f"deblur_table_{args.device}{'_quick' if args.quick else ''}.csv"
     write_csv(table, path)
     print(f"written: {path}")
+    if args.figure is not None:
+        figure(pictured, args.figure)
+        print(f"figure: {args.figure}")
     return table
 
 

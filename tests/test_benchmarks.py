@@ -59,7 +59,16 @@ def test_ct_table_runs_per_method_budgets_and_reuses_finished_jobs(tmp_path, mon
 
 def test_deblur_table_quick_runs_both_jobs_per_row_and_checks_the_goals(tmp_path, capsys):
     rows = deblur_table.main(
-        ["--quick", "--files", "--out-dir", str(tmp_path / "table"), "--csv", str(tmp_path / "d.csv")]
+        [
+            "--quick",
+            "--files",
+            "--out-dir",
+            str(tmp_path / "table"),
+            "--csv",
+            str(tmp_path / "d.csv"),
+            "--figure",
+            str(tmp_path / "f.png"),
+        ]
     )
     (row,) = rows
     assert row["image"] == "camera" and row["kernel"] == "motion_1" and row["steps"] == 4
@@ -68,3 +77,4 @@ def test_deblur_table_quick_runs_both_jobs_per_row_and_checks_the_goals(tmp_path
     for job in ("nonblind", "blind"):
         assert (tmp_path / "table" / "camera" / "motion_1" / job / "metrics.json").is_file()
     assert "blind" in capsys.readouterr().out and (tmp_path / "d.csv").is_file()
+    assert (tmp_path / "f.png").is_file()

@@ -315,3 +315,10 @@ def test_a_deblurring_job_reports_aligned_metrics(small_config, tmp_path, task):
         state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
         assert "fitted_operator.generator.net.0.weight" in state
         assert "fitted_operator.kernel" in state  # the true kernel travels with the checkpoint
+
+
+def test_a_loss_switch_needs_a_step_budget():
+    with pytest.raises(ConfigError) as info:
+        FidelitySwitch(at=0.2).start(-1)
+    assert info.value.setting == "method.fidelity_switch.at"
+    FidelitySwitch(at=None).start(-1)  # no switch, no budget needed

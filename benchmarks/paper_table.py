@@ -18,7 +18,11 @@ scale: image size, network, device and steps. Columns:
 * ``UCE``: calibration of the epistemic variance against the ground truth under three binnings:
   ours (15 bins), Laves et al.'s (21 bins) and Toelle et al.'s (10 bins, bins under 2 % left out);
   ``UCE obs.``: the same against the noisy observation (the papers' own choice), Laves / Toelle;
-* ``NLL``: Gaussian NLL of the ground truth; ``seconds``: wall time of the whole job.
+* ``NLL``: Gaussian NLL of the ground truth; ``seconds``: wall time of the whole job;
+* ``log-lik. p1 / p2 / p10 / full``: the test log-likelihood of the ground truth per pixel
+  (Antorán et al.; higher is better), the covariance of the method's samples block-diagonal over
+  1x1, 2x2 and 10x10 patches, and whole (only for images of at most 1024 pixels); see
+  docs/methods.md.
 
 SGLD's variance is the spread of Adam iterates with injected noise (Cheng et al.'s heuristic), not
 a posterior variance: its row says so. Each method can get its own step budget (``--steps-for
@@ -77,6 +81,10 @@ COLUMNS = (
     "uce_observation_laves",
     "uce_observation_toelle",
     "nll",
+    "test_loglik_p1",
+    "test_loglik_p2",
+    "test_loglik_p10",
+    "test_loglik_full",
     "seconds",
 )
 
@@ -157,6 +165,7 @@ def run_method(method: str, args: argparse.Namespace, out_dir: Path) -> dict[str
         "input_psnr": metrics.get("baseline_psnr"),
         **{key: metrics.get(key) for key in COLUMNS if key.startswith("uce")},
         "nll": metrics.get("nll"),
+        **{key: metrics.get(key) for key in COLUMNS if key.startswith("test_loglik")},
         "seconds": seconds,
     }
 
@@ -170,19 +179,21 @@ def fmt(value: Any, digits: int) -> str:
 def markdown(rows: list[dict[str, Any]]) -> str:
     header = (
         "| method | steps | peak PSNR (step) | final PSNR | EMA peak / final | PSNR (reported) | SSIM "
-        "| UCE ours / Laves / Toelle | UCE obs. Laves / Toelle | NLL | seconds |"
+        "| UCE ours / Laves / Toelle | UCE obs. Laves / Toelle | NLL | log-lik. p1 / p2 / p10 / full "
+        "| seconds |"
     )
-    lines = [header, "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [header, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         key = next(k for k, v in METHODS.items() if v == r["method"])
         label = r["method"] + (f" ({ROW_NOTES[key]})" if key in ROW_NOTES else "")
         uces = " / ".join(fmt(r[k], 5) for k in ("uce", "uce_laves", "uce_toelle"))
         observed = " / ".join(fmt(r[k], 5) for k in ("uce_observation_laves", "uce_observation_toelle"))
+        loglik = " / ".join(fmt(r[f"test_loglik_{k}"], 3) for k in ("p1", "p2", "p10", "full"))
         lines.append(
             f"| {label} | {r['steps']} | {fmt(r['peak_psnr'], 2)} ({r['peak_step']}) | "
             f"{fmt(r['final_psnr'], 2)} | {fmt(r['peak_psnr_ema'], 2)} / {fmt(r['final_psnr_ema'], 2)} | "
             f"{fmt(r['reported_psnr'], 2)} | {fmt(r['ssim'], 4)} | {uces} | {observed} | "
-            f"{fmt(r['nll'], 3)} | {fmt(r['seconds'], 0)} |"
+            f"{fmt(r['nll'], 3)} | {loglik} | {fmt(r['seconds'], 0)} |"
         )
     return "\n".join(lines)
 

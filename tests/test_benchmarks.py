@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from benchmarks import ct_table, deblur_table, replicates, step_speed
+from benchmarks import ct_table, deblur_table, replicates, step_speed, stopping_gap
 
 # Each test runs a benchmark end to end: make test and CI run them, make quick does not.
 pytestmark = pytest.mark.long
@@ -78,3 +78,25 @@ def test_deblur_table_quick_runs_both_jobs_per_row_and_checks_the_goals(tmp_path
         assert (tmp_path / "table" / "camera" / "motion_1" / job / "metrics.json").is_file()
     assert "blind" in capsys.readouterr().out and (tmp_path / "d.csv").is_file()
     assert (tmp_path / "f.png").is_file()
+
+
+def test_stopping_gap_times_every_criterion_and_self_validation_per_k(tmp_path):
+    out = tmp_path / "gap.csv"
+    rows = stopping_gap.main(["--quick", "--sv-every", "1,4", "--csv", str(out)])
+    names = [r["criterion"] for r in rows]
+    assert names == [
+        "wmv",
+        "emv",
+        "discrepancy",
+        "discrepancy_est",
+        "oracle",
+        "self_validation_k1",
+        "self_validation_k4",
+    ]
+    every, fourth = rows[-2], rows[-1]
+    assert (
+        every["detected_step"] >= 7 and every["detected_step"] == fourth["detected_step"]
+    )  # same first score
+    assert every["dip_ms_per_step"] > 0 and every["ms_per_step"] > fourth["ms_per_step"] > 0
+    with open(out) as handle:
+        assert len(list(csv.DictReader(handle))) == len(rows)

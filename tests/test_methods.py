@@ -105,6 +105,7 @@ def test_each_method_runs_on_each_task_and_writes_its_maps(small_config, tmp_pat
     if method not in UNCERTAIN:
         assert not any((tmp_path / f"{name}.npy").exists() for name in maps)
         assert "uce" not in metrics
+        assert not any(key.startswith("test_loglik") for key in metrics)
         return
     for name in maps:
         assert (tmp_path / f"{name}.png").is_file()
@@ -123,6 +124,9 @@ def test_each_method_runs_on_each_task_and_writes_its_maps(small_config, tmp_pat
         assert (tmp_path / f"{name}.png").stat().st_size > 1000
     for key in ("uce", "uce_observation", "nll", "uce_laves", "uce_toelle", "uce_observation_toelle"):
         assert math.isfinite(metrics[key]), key
+    for key in ("test_loglik_p1", "test_loglik_p2", "test_loglik_p10"):  # 64 px: no full covariance
+        assert math.isfinite(metrics[key]), key
+    assert "test_loglik_full" not in metrics
     validation = read_json(tmp_path / "curves.json")["validation"]
     assert validation["step"] == [2, 4]
     assert len(validation["psnr"]) == len(validation["uce"]) == 2

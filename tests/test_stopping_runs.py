@@ -306,6 +306,8 @@ CRITERION_SETTINGS = {
     # checks the wiring, not the stopping point. Noise-free tasks need the noise level set.
     "discrepancy": ["stopping.criterion.tau=5.0", "stopping.criterion.noise_std=0.1"],
     "oracle": [],
+    # A queue of 5 outputs and a patience of 10 instead of 256 and 500, so that 30 steps score.
+    "self_validation": ["stopping.criterion.window=5", "stopping.criterion.patience=10"],
 }
 
 

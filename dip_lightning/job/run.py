@@ -155,7 +155,7 @@ def build_method(cfg: DictConfig, problem: InverseProblem) -> DeepImagePrior:
         check_stopping(method.replicates, build(cfg.stopping.criterion))
     method.attach(problem)
     if cfg.get("calibration") is not None:
-        method.calibration = build(cfg.calibration).check()
+        method.calibration = build(cfg.calibration).check(problem.image_shape)
     accelerate(method.net, **execution_settings(cfg.model))
     return method
 

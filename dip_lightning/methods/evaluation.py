@@ -10,23 +10,32 @@ Calibration is measured twice:
 * against the ground truth when it is known: the squared error (mean - x)^2 against the
   epistemic variance, which is the model's uncertainty about the clean image.
 
-The NLL of the ground truth uses the epistemic variance too. Methods without uncertainty (plain
-DIP) only get PSNR and SSIM. The UCE is reported under the configured binning
+The NLL of the ground truth uses the epistemic variance too, pixel by pixel; the test
+log-likelihood (``test_loglik_*``, :class:`LogLikelihood`) scores the ground truth under the
+correlated Gaussian of the samples or of the method's covariance, over p x p patches and, on small
+images, the whole image. Methods without uncertainty (plain DIP) only get PSNR and SSIM. The UCE is reported under the configured binning
 (:class:`Calibration`, ``calibration=`` config group) and, as extra columns, under each of the
 papers' binnings so that our numbers can be set beside theirs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor
 
-from dip_lightning.errors import ConfigError, check_in_range, check_int
+from dip_lightning.errors import ConfigError, check_in_range, check_int, check_positive
 from dip_lightning.methods.prediction import Prediction
 from dip_lightning.metrics.image import psnr, ssim
+from dip_lightning.metrics.loglik import (
+    DEFAULT_JITTER,
+    BlockCovariance,
+    SampleCovariance,
+    check_patch_size,
+    gaussian_loglik,
+)
 from dip_lightning.metrics.uncertainty import calibration_curve, gaussian_nll, uce
 from dip_lightning.physics.holdout import heldout_mse, observed_elements
 from dip_lightning.physics.observation import InverseProblem
@@ -48,14 +57,67 @@ class Binning:
 
 
 @dataclass(frozen=True)
+class LogLikelihood:
+    """The test log-likelihood of Antorán et al.: ``test_loglik_p<p>`` for each patch side in
+    ``patch_sizes`` and ``test_loglik_full`` when the image has at most ``full_max_pixels``
+    elements (0: never). ``jitter`` is added to every covariance diagonal; ``shrink`` replaces a
+    sample covariance C by (C + diag C) / 2 (analytic covariances are used as they are)."""
+
+    patch_sizes: Sequence[int] = (1, 2, 10)
+    full_max_pixels: int = 1024
+    jitter: float = DEFAULT_JITTER
+    shrink: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.patch_sizes, str | bytes) or not isinstance(self.patch_sizes, Sequence):
+            raise ConfigError("calibration.loglik.patch_sizes", self.patch_sizes, "a list of integers >= 1")
+        sizes = tuple(check_int("calibration.loglik.patch_sizes", p, 1) for p in self.patch_sizes)
+        object.__setattr__(self, "patch_sizes", sizes)
+        check_int("calibration.loglik.full_max_pixels", self.full_max_pixels, 0)
+        check_positive("calibration.loglik.jitter", self.jitter)
+        if not isinstance(self.shrink, bool):
+            raise ConfigError("calibration.loglik.shrink", self.shrink, "true or false")
+
+    def check_image(self, image_shape: tuple[int, int]) -> None:
+        """Every patch must fit in the image: a ConfigError before training otherwise."""
+        for size in self.patch_sizes:
+            check_patch_size(size, image_shape, "calibration.loglik.patch_sizes")
+
+    def covariance(self, prediction: Prediction) -> BlockCovariance | None:
+        """The method's own covariance, else that of its samples; None without either."""
+        if prediction.covariance is not None:
+            return prediction.covariance
+        if prediction.samples is not None and prediction.samples.shape[0] >= 2:
+            return SampleCovariance(prediction.samples, shrink=self.shrink)
+        return None
+
+    def evaluate(self, prediction: Prediction, truth: Tensor) -> dict[str, float]:
+        """``test_loglik_p<p>`` and, for small images, ``test_loglik_full`` (nats per pixel)."""
+        covariance = self.covariance(prediction)
+        if covariance is None:
+            return {}
+        metrics = {
+            f"test_loglik_p{size}": gaussian_loglik(truth, prediction.mean, covariance, size, self.jitter)
+            for size in self.patch_sizes
+        }
+        if truth.numel() <= self.full_max_pixels:
+            metrics["test_loglik_full"] = gaussian_loglik(
+                truth, prediction.mean, covariance, None, self.jitter
+            )
+        return metrics
+
+
+@dataclass(frozen=True)
 class Calibration:
     """The UCE binning of ``uce``/``uce_observation`` and the diagrams, plus named extra binnings
     reported as ``uce_<name>`` and ``uce_observation_<name>`` (e.g. Laves et al.'s 21 bins,
-    Toelle et al.'s 10 bins without bins under 2 % occupancy)."""
+    Toelle et al.'s 10 bins without bins under 2 % occupancy); ``loglik`` configures the test
+    log-likelihood."""
 
     bins: int = 15
     min_occupancy: float = 0.0
     also_report: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    loglik: LogLikelihood = field(default_factory=LogLikelihood)
 
     @property
     def primary(self) -> Binning:
@@ -72,9 +134,16 @@ class Calibration:
             extra[str(name)] = Binning(int(spec.get("bins", 15)), float(spec.get("min_occupancy", 0.0)))
         return extra
 
-    def check(self) -> Calibration:
-        """Validate every binning now, before any training."""
+    def check(self, image_shape: tuple[int, int] | None = None) -> Calibration:
+        """Validate every binning, and the log-likelihood's patches against the image, now,
+        before any training."""
         _ = (self.primary, self.extra())
+        if not isinstance(self.loglik, LogLikelihood):
+            raise ConfigError(
+                "calibration.loglik", self.loglik, "a LogLikelihood (_target_ in conf/calibration)"
+            )
+        if image_shape is not None:
+            self.loglik.check_image(image_shape)
         return self
 
 
@@ -136,6 +205,7 @@ def evaluate_prediction(
         epistemic = prediction.epistemic.clamp_min(VARIANCE_FLOOR)
         metrics.update(_uce_columns("uce", error_sq, epistemic, calibration))
         metrics["nll"] = float(gaussian_nll(truth, prediction.mean, epistemic))
+        metrics.update(calibration.loglik.evaluate(prediction, truth))
     metrics["mean_epistemic_std"] = float(prediction.epistemic.sqrt().mean())
     metrics["mean_aleatoric_std"] = float(prediction.aleatoric.sqrt().mean())
     return metrics

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from dip_lightning.metrics.loglik import BlockCovariance
 from dip_lightning.physics.base import ForwardOperator
 
 
@@ -21,12 +22,20 @@ class Prediction:
     of A x over the same samples: Monte Carlo samples are spatially correlated, so it cannot be
     computed from the per-pixel ``epistemic`` map (see :func:`measurement_variance`). None when
     the prediction was not made from samples.
+
+    For the test log-likelihood, which needs correlations between pixels, a prediction may carry
+    the image ``samples`` (T, C, H, W) its ``epistemic`` map was computed from (the T evaluation
+    samples, no more), and a method with an analytic Gaussian posterior may give its
+    ``covariance`` instead (any :class:`~dip_lightning.metrics.loglik.BlockCovariance`); the
+    covariance is preferred when both are there.
     """
 
     mean: Tensor
     epistemic: Tensor
     aleatoric: Tensor
     measurement_epistemic: Tensor | None = None
+    samples: Tensor | None = None
+    covariance: BlockCovariance | None = None
 
     @property
     def total(self) -> Tensor:
@@ -40,9 +49,8 @@ class Prediction:
         def move(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.detach().float().cpu()
 
-        return Prediction(
-            *(move(t) for t in (self.mean, self.epistemic, self.aleatoric, self.measurement_epistemic))
-        )
+        tensors = (self.mean, self.epistemic, self.aleatoric, self.measurement_epistemic, self.samples)
+        return Prediction(*(move(t) for t in tensors), covariance=self.covariance)
 
 
 @torch.no_grad()

@@ -55,6 +55,7 @@ class PredictiveDistribution:
             epistemic=epistemic,
             aleatoric=aleatoric,
             measurement_epistemic=measurement_variance(images, self.problem.operator),
+            samples=images,
         )
 
     def aleatoric_variance(self, log_precision: Tensor | None) -> Tensor:

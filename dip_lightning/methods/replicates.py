@@ -43,8 +43,10 @@ SETTING = "method.replicates"
 def ensemble(predictions: list[Prediction], operator: ForwardOperator) -> Prediction:
     """The replicates as one predictive distribution: mean of the means, and by the law of total
     variance the mean of their variances plus the variance of their means (added to epistemic),
-    in image space and, through the operator, in measurement space."""
+    in image space and, through the operator, in measurement space. The replicates' samples are
+    pooled: their spread about the pooled mean is that same total variance."""
     means = torch.cat([p.mean for p in predictions])
+    samples = [p.samples for p in predictions]
     return Prediction(
         mean=means.mean(dim=0, keepdim=True),
         epistemic=torch.cat([p.epistemic for p in predictions]).mean(dim=0, keepdim=True)
@@ -54,6 +56,7 @@ def ensemble(predictions: list[Prediction], operator: ForwardOperator) -> Predic
             dim=0, keepdim=True
         )
         + measurement_variance(means, operator),
+        samples=None if any(s is None for s in samples) else torch.cat(samples),  # type: ignore[arg-type]
     )
 
 
@@ -149,6 +152,7 @@ class Replicas:
                 epistemic[i : i + 1],
                 method.aleatoric_variance(None if precision is None else precision[i]),
                 measurement_variance(images[i], method.problem.operator),
+                samples=images[i],
             )
             for i in range(k)
         ]

@@ -3,7 +3,9 @@
 Adam with weight decay (the Gaussian weight prior) and, after every optimiser step, Gaussian noise
 of std ``noise_scale * lr`` added to the chosen parameters. After ``burn_in`` steps the output is
 sampled every ``sample_every`` steps; the posterior mean and variance are running moments of the
-samples (Welford updates on the device, float64), never a stored list of images.
+samples (Welford updates on the device, float64), never a stored list of images. For the
+correlations that the test log-likelihood needs, at most ``kept_samples`` of them are kept, spread
+evenly over the chain (:class:`~dip_lightning.metrics.running.ThinnedSamples`).
 
 The samples are the image-space network output of the training step (the original code's choice,
 input perturbation included), so super-resolution samples are high-resolution images, not their
@@ -32,13 +34,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dip_lightning.errors import ConfigError, check_choice, check_positive
+from dip_lightning.errors import ConfigError, check_choice, check_int, check_positive
 from dip_lightning.methods.base import DeepImagePrior
 from dip_lightning.methods.langevin import LangevinDynamics
 from dip_lightning.methods.prediction import Prediction
 from dip_lightning.methods.seeds import RANK_SEED_STRIDE
 from dip_lightning.methods.trajectory import StepRecord
-from dip_lightning.metrics.running import RunningMoments
+from dip_lightning.metrics.running import RunningMoments, ThinnedSamples
 from dip_lightning.physics.holdout import observed_elements
 from dip_lightning.tracking import step_output
 
@@ -89,6 +91,8 @@ class SGLDDIP(DeepImagePrior):
         likelihood_std: the noise std of the Gaussian likelihood of ``sgld`` / ``psgld``; None
             takes the measurement's known noise level.
         temperature: 1 samples the posterior; below 1 a tempered ("cold") one.
+        kept_samples: most samples kept as images for the test log-likelihood (0: none, and no
+            such metric).
     """
 
     def __init__(
@@ -102,6 +106,7 @@ class SGLDDIP(DeepImagePrior):
         langevin_step: float = 1e-3,
         likelihood_std: float | None = None,
         temperature: float = 1.0,
+        kept_samples: int = 64,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("reconstruction", "predictive_mean")
@@ -119,8 +124,10 @@ class SGLDDIP(DeepImagePrior):
         )
         self.temperature = float(check_positive("method.temperature", temperature, allow_zero=True))
         self.posterior_scale = 1.0
+        self.kept_samples = check_int("method.kept_samples", kept_samples, 0)
         self.samples = RunningMoments()
         self.measurement_samples = RunningMoments()
+        self.kept = ThinnedSamples(self.kept_samples)
         self._noisy: list[nn.Parameter] | None = None
         self._generator: torch.Generator | None = None
         self._generator_state: torch.Tensor | None = None
@@ -136,6 +143,7 @@ class SGLDDIP(DeepImagePrior):
             self.posterior_scale = self.negative_log_likelihood_scale(problem)
         self.samples = RunningMoments()
         self.measurement_samples = RunningMoments()
+        self.kept = ThinnedSamples(self.kept_samples)
         self._noisy = None
         self._generator = None
         return self
@@ -231,6 +239,7 @@ class SGLDDIP(DeepImagePrior):
         record = super().track_output(image)
         if self.is_sample_step(self.global_step):
             self.samples.update(image)
+            self.kept.update(image[0])
             with torch.no_grad():
                 self.measurement_samples.update(self.problem.operator(image))
         return record
@@ -242,17 +251,20 @@ class SGLDDIP(DeepImagePrior):
             return super().predict_distribution()
         _, log_precision = self.sample_outputs(1)
         dtype = self.net_input.dtype
+        kept = self.kept.stacked()
         return Prediction(
             mean=self.samples.mean.to(dtype),
             epistemic=self.samples.variance.to(dtype),
             aleatoric=self.aleatoric_variance(log_precision),
             measurement_epistemic=self.measurement_samples.variance.to(dtype),
+            samples=None if kept is None else kept.to(dtype),
         )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["sgld_samples"] = self.samples.state_dict()
         checkpoint["sgld_measurement_samples"] = self.measurement_samples.state_dict()
+        checkpoint["sgld_kept_samples"] = self.kept.state_dict()
         if self._generator is not None:
             checkpoint["sgld_generator"] = self._generator.get_state()
 
@@ -262,4 +274,6 @@ class SGLDDIP(DeepImagePrior):
             self.samples.load_state_dict(checkpoint["sgld_samples"])
         if "sgld_measurement_samples" in checkpoint:
             self.measurement_samples.load_state_dict(checkpoint["sgld_measurement_samples"])
+        if "sgld_kept_samples" in checkpoint:
+            self.kept.load_state_dict(checkpoint["sgld_kept_samples"])
         self._generator_state = checkpoint.get("sgld_generator")

@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dip_lightning.errors import check_in_range
+from dip_lightning.errors import check_in_range, check_int
 
-__all__ = ["ExponentialMovingAverage", "RunningMoments"]
+__all__ = ["ExponentialMovingAverage", "RunningMoments", "ThinnedSamples"]
 
 
 def _check_shape(expected: torch.Size, got: torch.Size, what: str) -> None:
@@ -170,3 +170,48 @@ class ExponentialMovingAverage:
         self.bias_correction = bool(state["bias_correction"])
         self._steps = steps
         self._shadow = None if shadow is None else shadow.clone()
+
+
+class ThinnedSamples:
+    """At most ``capacity`` samples of a stream, spread evenly over all of it.
+
+    Every ``stride``-th sample is kept (stride 1 at first); when the store overflows, every other
+    kept sample is dropped and the stride doubles, so the kept ones stay the samples at multiples
+    of the stride. Memory is bounded by ``capacity`` images whatever the chain's length; the
+    correlations between pixels (the test log-likelihood) are estimated from them. Capacity 0
+    keeps nothing.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = check_int("method.kept_samples", capacity, 0)
+        self._seen = 0
+        self._stride = 1
+        self._kept: list[Tensor] = []
+
+    @property
+    def count(self) -> int:
+        """Number of samples kept."""
+        return len(self._kept)
+
+    def update(self, x: Tensor) -> None:
+        """Offer one sample."""
+        position = self._seen
+        self._seen += 1
+        if self.capacity == 0 or position % self._stride:
+            return
+        self._kept.append(x.detach().clone())
+        if len(self._kept) > self.capacity:
+            self._kept = self._kept[::2]
+            self._stride *= 2
+
+    def stacked(self) -> Tensor | None:
+        """The kept samples stacked along a new leading axis, or None before the first."""
+        return torch.stack(self._kept) if self._kept else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seen": self._seen, "stride": self._stride, "kept": self.stacked()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._seen, self._stride = int(state["seen"]), int(state["stride"])
+        kept = state["kept"]
+        self._kept = [] if kept is None else [k.clone() for k in kept]

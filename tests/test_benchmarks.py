@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from benchmarks import ct_table, replicates, step_speed, stopping_gap
+from benchmarks import ct_table, deblur_table, replicates, step_speed, stopping_gap
 
 # Each test runs a benchmark end to end: make test and CI run them, make quick does not.
 pytestmark = pytest.mark.long
@@ -55,6 +55,29 @@ def test_ct_table_runs_per_method_budgets_and_reuses_finished_jobs(tmp_path, mon
     assert [r["psnr"] for r in again] == [r["psnr"] for r in rows]
     ct_table.main([a if a != "dip=2" else "dip=3" for a in args])  # another budget: run again
     assert metrics.stat().st_mtime_ns != written
+
+
+def test_deblur_table_quick_runs_both_jobs_per_row_and_checks_the_goals(tmp_path, capsys):
+    rows = deblur_table.main(
+        [
+            "--quick",
+            "--files",
+            "--out-dir",
+            str(tmp_path / "table"),
+            "--csv",
+            str(tmp_path / "d.csv"),
+            "--figure",
+            str(tmp_path / "f.png"),
+        ]
+    )
+    (row,) = rows
+    assert row["image"] == "camera" and row["kernel"] == "motion_1" and row["steps"] == 4
+    assert row["gap_to_nonblind"] == row["nonblind_psnr"] - row["blind_psnr"]
+    assert row["error_ratio"] > 0 and math.isfinite(row["kernel_psnr"])
+    for job in ("nonblind", "blind"):
+        assert (tmp_path / "table" / "camera" / "motion_1" / job / "metrics.json").is_file()
+    assert "blind" in capsys.readouterr().out and (tmp_path / "d.csv").is_file()
+    assert (tmp_path / "f.png").is_file()
 
 
 def test_stopping_gap_times_every_criterion_and_self_validation_per_k(tmp_path):

@@ -17,6 +17,8 @@ from dip_lightning.methods.mcdropout import MCDropoutDIP
 from dip_lightning.methods.prediction import Prediction, measurement_variance
 from dip_lightning.metrics.uncertainty import uce
 from dip_lightning.physics import ray_transform as rt
+from dip_lightning.physics.blind_blur import BlindBlur
+from dip_lightning.physics.blur import Blur
 from dip_lightning.physics.downsampling import Downsampling
 from dip_lightning.physics.fourier import MaskedFourier
 from dip_lightning.physics.identity import Identity
@@ -110,6 +112,8 @@ def operators(side: int, tmp_path) -> dict[str, nn.Module]:
         "ray_transform_fan": RayTransform((side, side), num_angles=12, beam="fan", cache_dir=tmp_path),
         "fourier": MaskedFourier((side, side), acceleration=2.0),
         "phase_retrieval": PhaseRetrieval((side, side)),
+        "blur": Blur(kernel_size=5, image_shape=(side, side)),
+        "blind_blur": BlindBlur(kernel_size=5, image_shape=(side, side)),
     }
 
 

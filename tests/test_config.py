@@ -88,6 +88,8 @@ def test_tv_weight_is_the_tasks_unless_given(small_config):
         "super_resolution": 1e-4,
         "ct": 3e-3,
         "phase_retrieval": 1e-4,
+        "deblurring": 1e-4,
+        "blind_deblurring": 1e-4,
     }
     assert set(expected) == set(TASKS), "a new task: say here which TV weight it uses"
     for task, weight in expected.items():

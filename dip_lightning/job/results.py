@@ -125,9 +125,11 @@ def baseline_metrics(problem: InverseProblem) -> tuple[torch.Tensor, dict[str, f
         return baseline, {}
     baseline = problem.aligned(baseline)
     clipped = baseline.clamp(0, 1)
+    extra = problem.operator.image_metrics(clipped, problem.ground_truth)
     return baseline, {
         "baseline_psnr": float(psnr(clipped, problem.ground_truth).mean()),
         "baseline_ssim": float(ssim(clipped, problem.ground_truth).mean()),
+        **{f"baseline_{name}": value for name, value in extra.items()},
     }
 
 
@@ -265,6 +267,12 @@ def print_summary(result: RunResult, problem: InverseProblem) -> None:
     if "psnr" in m:
         lines.append(
             f"  reconstruction PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f} ({m['reconstruction_source']})"
+        )
+    if "psnr_aligned" in m:  # an operator's ambiguity-aware metrics (ForwardOperator.image_metrics)
+        lines.append(
+            f"  after the best shift ({m['shift_rows']}, {m['shift_cols']}) px: PSNR {m['psnr_aligned']:.2f} dB, "
+            f"SSIM {m['ssim_aligned']:.4f}"
+            + (f"; kernel PSNR {m['kernel_psnr']:.2f} dB" if "kernel_psnr" in m else "")
         )
     replicates = replicate_summary_line(m)
     if replicates:

@@ -10,7 +10,6 @@ distribution is drawn.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -30,9 +29,17 @@ from dip_lightning.errors import (
 from dip_lightning.methods import resume_state
 from dip_lightning.methods.backtracking import Backtracking
 from dip_lightning.methods.evaluation import DEFAULT_CALIBRATION, Calibration
+from dip_lightning.methods.fidelity import FidelitySwitch
 from dip_lightning.methods.hooks import MethodHooks
 from dip_lightning.methods.network_input import perturb
 from dip_lightning.methods.network_setup import NetworkSetup
+from dip_lightning.methods.optimisation import (
+    LR_SCHEDULES,
+    LrSchedule,
+    OptimizerFactory,
+    check_optimizer,
+    parameter_groups,
+)
 from dip_lightning.methods.predictive import PredictiveDistribution
 from dip_lightning.methods.replicates import replicas_for
 from dip_lightning.methods.seeds import rank_seed
@@ -46,22 +53,8 @@ log = logging.getLogger(__name__)
 
 LIKELIHOODS = ("mse", "nll")
 RECONSTRUCTIONS = ("ema", "last", "predictive_mean")
-LR_SCHEDULES = ("constant", "cosine")
-
+__all__ = ["LR_SCHEDULES", "DeepImagePrior", "check_optimizer"]
 NetFactory = Callable[..., nn.Module]
-OptimizerFactory = Callable[..., torch.optim.Optimizer]
-
-
-def check_optimizer(optimizer: OptimizerFactory) -> None:
-    """Reject a negative or non-finite learning rate or weight decay before any network is built.
-
-    torch only complains when the optimiser is created, inside ``trainer.fit``, with a message
-    that does not name the setting.
-    """
-    keywords = getattr(optimizer, "keywords", None) if isinstance(optimizer, functools.partial) else None
-    for name in ("lr", "weight_decay"):
-        if keywords and keywords.get(name) is not None:
-            check_positive(f"method.optimizer.{name}", keywords[name], allow_zero=True)
 
 
 class DeepImagePrior(MethodHooks, NetworkSetup, PredictiveDistribution, pl.LightningModule):
@@ -81,9 +74,12 @@ class DeepImagePrior(MethodHooks, NetworkSetup, PredictiveDistribution, pl.Light
         log_precision_clamp: |s| bound of the predicted log-precision in the NLL.
         grad_clip: max gradient norm (0 disables); CT DIP+TV uses 1.
         divergence_check_every: steps between finiteness checks of the loss (each costs a device sync).
-        lr_schedule: ``constant`` (the DIP papers) or ``cosine``: the learning rate falls from its
+        lr_schedule: ``constant`` (the DIP papers), ``cosine``: the learning rate falls from its
             configured value to zero over ``trainer.max_steps`` (CosineAnnealingLR, per step), so
-            the last iterates settle instead of jittering at the full rate.
+            the last iterates settle, or ``multistep`` (:mod:`dip_lightning.methods.optimisation`).
+        fidelity_switch: ``{at, loss}``: from the fraction ``at`` of ``trainer.max_steps`` on, the
+            data fidelity is ``loss`` (ssim, mse, l1) instead of the likelihood (SelfDeblur's MSE
+            then 1 - SSIM; :mod:`dip_lightning.methods.fidelity`). ``at: null`` never switches.
         backtrack_db: when the data-fidelity loss of a step is worse than the last accepted one by
             more than this many dB of PSNR against the measurement, the weights of that step are
             restored with the optimiser's state, and the step is taken again at half the learning
@@ -112,6 +108,9 @@ class DeepImagePrior(MethodHooks, NetworkSetup, PredictiveDistribution, pl.Light
         grad_clip: float = 0.0,
         divergence_check_every: int = 1,
         lr_schedule: str = "constant",
+        lr_milestones: list[float] | None = None,
+        lr_gamma: float = 0.5,
+        fidelity_switch: dict[str, Any] | None = None,
         backtrack_db: float | None = None,
         seed: int = 0,
         replicates: int = 1,
@@ -135,7 +134,9 @@ class DeepImagePrior(MethodHooks, NetworkSetup, PredictiveDistribution, pl.Light
             check_positive("method.divergence_check_every", divergence_check_every)
         )
         check_positive("method.input.perturbation_std", settings["perturbation_std"], allow_zero=True)
-        self.lr_schedule = str(check_choice("method.lr_schedule", lr_schedule, LR_SCHEDULES))
+        self.schedule = LrSchedule(lr_schedule, lr_milestones or (), lr_gamma)
+        self.lr_schedule = self.schedule.kind
+        self.fidelity_switch = FidelitySwitch.from_settings(fidelity_switch)
         self.backtrack_db = (
             None if backtrack_db is None else float(check_positive("method.backtrack_db", backtrack_db))
         )
@@ -163,6 +164,7 @@ class DeepImagePrior(MethodHooks, NetworkSetup, PredictiveDistribution, pl.Light
                 f"inpainting); {type(problem.operator).__name__} measures elsewhere, so use "
                 f"method.likelihood=mse",
             )
+        self.fidelity_switch.check(problem.observation, self.likelihood)
         self.problem = problem
         self.register_operator(problem.operator)
         if self.uses_log_precision:
@@ -217,6 +219,7 @@ class DeepImagePrior(MethodHooks, NetworkSetup, PredictiveDistribution, pl.Light
             )
         if self.replicas is not None:
             self.replicas.reseed(rank, self.device)
+        self.fidelity_switch.start(self.trainer.max_steps)
 
     def on_train_start(self) -> None:
         record, self.resumed_record = self.resumed_record, None
@@ -249,19 +252,19 @@ class DeepImagePrior(MethodHooks, NetworkSetup, PredictiveDistribution, pl.Light
             )
 
     def build_optimizer(self) -> torch.optim.Optimizer:
-        """The configured optimiser over every parameter (a fitted operator's too); samplers
-        build their own."""
-        return self.optimizer_factory(params=self.parameters())
+        """The configured optimiser over every parameter, a fitted operator's in the groups it
+        declares (its own learning rate); samplers build their own."""
+        return self.optimizer_factory(params=parameter_groups(self, self.fitted_operator))
 
     def configure_optimizers(self) -> Any:
         optimizer = self.build_optimizer()
-        if self.lr_schedule == "constant":
+        if self.schedule.kind == "constant":
             return optimizer
-        # run_settings.check_run_settings has made sure there is a step budget.
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=max(1, self.trainer.max_steps)
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        # run_settings.check_run_settings has made sure a schedule has a step budget.
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": self.schedule.scheduler(optimizer, self.trainer.max_steps),
+        }
 
     # ------------------------------------------------------------------ forward
     def split_output(self, output: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -283,6 +286,8 @@ class DeepImagePrior(MethodHooks, NetworkSetup, PredictiveDistribution, pl.Light
         precision to the clamp.
         """
         problem = self.problem
+        if self.fidelity_switch.active(self.global_step if self._trainer is not None else 0):
+            return self.fidelity_switch(problem.operator(image), problem.observation, problem.training_mean)
         residual_sq = (problem.operator(image) - problem.observation).abs().pow(2)
         if log_precision is None:
             return problem.training_mean(residual_sq)

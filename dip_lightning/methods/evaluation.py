@@ -221,6 +221,9 @@ def evaluate_prediction(
     if truth is not None:
         metrics["psnr"] = float(psnr(prediction.mean, truth).mean())
         metrics["ssim"] = float(ssim(prediction.mean, truth).mean())
+        # Metrics after removing what the problem cannot determine (a shift in blind deblurring).
+        metrics.update(problem.operator.image_metrics(prediction.mean, truth))
+    metrics.update(problem.operator.operator_metrics())  # fitted operator parameters (a kernel)
     if problem.train_mask is not None:
         metrics["heldout_mse"] = heldout_mse(problem, prediction.mean)
     if not prediction.has_uncertainty:

@@ -135,6 +135,41 @@ class ForwardOperator(nn.Module, ABC):
         """
         return y.abs() if y.is_complex() else y
 
+    def simulate(self, x: Tensor) -> Tensor:
+        """The noise-free measurement of a clean image under the true physics, for simulating
+        observations.
+
+        The same as ``forward`` for a known operator. An operator whose parameters are fitted with
+        the image (blind deblurring: the kernel is estimated) measures with its current estimate in
+        ``forward`` and with the true parameters here.
+        """
+        return self.forward(x)
+
+    def optimizer_groups(self) -> list[dict]:
+        """The optimiser parameter groups of the trainable parameters (none for a fixed operator).
+
+        A group may carry its own settings (``lr``, ``weight_decay``), which override the method's
+        optimiser for these parameters: a blur kernel made by a small network of its own learns at
+        its own rate. Learning-rate schedules act on every group alike.
+        """
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [{"params": params}] if params else []
+
+    def image_metrics(self, image: Tensor, ground_truth: Tensor) -> dict[str, float]:
+        """Extra quality metrics of a reconstruction (B, C, H, W) against the truth.
+
+        For problems whose solution is only defined up to an ambiguity the data cannot resolve
+        (a shift in blind deblurring): such an operator reports metrics after removing it. The job
+        writes them into metrics.json beside ``psnr`` and ``ssim`` (and, prefixed ``baseline_``,
+        for the baseline). None by default.
+        """
+        return {}
+
+    def operator_metrics(self) -> dict[str, float]:
+        """Quality of fitted operator parameters against the true ones (a kernel's PSNR), for
+        metrics.json; none by default."""
+        return {}
+
     def measurement_shape(self, image_shape: tuple[int, int], channels: int = 1) -> tuple[int, ...]:
         """Shape (without batch) of the measurement of an image of size ``image_shape``."""
         probe = torch.zeros(1, channels, *image_shape, device=self._device())

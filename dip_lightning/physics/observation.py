@@ -63,7 +63,9 @@ class InverseProblem:
         if self.ground_truth is None:
             return None
         with torch.no_grad():
-            return self.noise.expected_std(self.operator(self.ground_truth.to(self.observation.device)))
+            return self.noise.expected_std(
+                self.operator.simulate(self.ground_truth.to(self.observation.device))
+            )
 
     @property
     def measurement_shape(self) -> tuple[int, ...]:
@@ -113,6 +115,9 @@ def make_observation(
 ) -> InverseProblem:
     """Simulate y = noise(A x) for a clean image x; the same seed always gives the same y.
 
+    A x is ``operator.simulate(x)``: the true physics, which differs from ``operator(x)`` only for
+    operators with parameters fitted with the image (a blind blur's kernel estimate).
+
     The image is checked with ``operator.check_image_shape`` first, so a size the operator cannot
     handle fails with a ConfigError before any work. The image is moved to the operator's device (if
     the operator holds tensors). The noise is drawn with a CPU generator seeded with ``seed`` and
@@ -139,7 +144,7 @@ def make_observation(
     image = image.detach().to(tensors[0].device if tensors else image.device)
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     with torch.no_grad():
-        observation = noise(operator(image), generator)
+        observation = noise(operator.simulate(image), generator)
     return InverseProblem(
         operator=operator,
         observation=observation,

@@ -50,6 +50,7 @@ from omegaconf import open_dict
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import harness  # noqa: E402
 from dip_lightning.config import compose_config  # noqa: E402
 from dip_lightning.job.run import run  # noqa: E402
 from dip_lightning.pretrain import pretrain  # noqa: E402
@@ -351,10 +352,7 @@ def format_cell(value: Any, column: str) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    shown = COLUMNS[1:]  # the group is the section's title
-    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
-    lines += ["| " + " | ".join(format_cell(r[c], c) for c in shown) + " |" for r in rows]
-    return "\n".join(lines)
+    return harness.markdown(rows, COLUMNS[1:], format_cell)  # the group is the section's title
 
 
 def grouped(rows: list[dict]) -> dict[str, list[dict]]:

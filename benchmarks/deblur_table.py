@@ -37,6 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import harness  # noqa: E402
 from dip_lightning.config import compose_config  # noqa: E402
 from dip_lightning.job.run import run  # noqa: E402
 
@@ -231,9 +232,7 @@ def format_cell(value: Any, column: str) -> str:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(format_cell(r[c], c) for c in COLUMNS) + " |" for r in rows]
-    return "\n".join(lines)
+    return harness.markdown(rows, COLUMNS, format_cell)
 
 
 def goals(rows: list[dict[str, Any]]) -> list[str]:

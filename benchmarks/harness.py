@@ -340,10 +340,17 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(finite) if finite else math.nan
 
 
-def markdown(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    """A Markdown table of ``rows`` (floats with 3 significant decimals)."""
+def markdown(
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[str],
+    format_cell: Callable[[Any, str], str] | None = None,
+) -> str:
+    """A Markdown table of ``rows``: each cell by ``format_cell(value, column)``, else floats with
+    3 significant decimals."""
 
-    def cell(value: Any) -> str:
+    def cell(value: Any, column: str) -> str:
+        if format_cell is not None:
+            return format_cell(value, column)
         if isinstance(value, float):
             if math.isnan(value):
                 return "-"
@@ -351,7 +358,7 @@ def markdown(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
         return str(value)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell(row.get(c, ""), c) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
 
 

@@ -43,7 +43,7 @@ def hidden_sizes(in_size: tuple[int, int], out_size: tuple[int, int], layers: in
     """The feature-map sizes after each of the ``layers - 1`` upsampling steps; the last is out_size."""
     steps = layers - 1
     scale = [(out_size[i] / in_size[i]) ** (1.0 / steps) for i in range(2)]
-    sizes = [tuple(int(math.ceil(scale[i] ** n * in_size[i])) for i in range(2)) for n in range(1, steps)]
+    sizes = [tuple(math.ceil(scale[i] ** n * in_size[i]) for i in range(2)) for n in range(1, steps)]
     return [*sizes, (int(out_size[0]), int(out_size[1]))]  # type: ignore[list-item]
 
 

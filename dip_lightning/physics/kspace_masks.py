@@ -51,7 +51,7 @@ def centre_count(lines: int, acceleration: float, center_fraction: float) -> int
             f"leaves fewer than one of the {lines} k-space lines to read; the image size allows "
             f"an acceleration of at most {lines}",
         )
-    centre = int(round(lines * center_fraction))
+    centre = round(lines * center_fraction)
     if centre > lines / acceleration:
         raise ConfigError(
             "operator.center_fraction",

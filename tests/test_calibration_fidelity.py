@@ -108,6 +108,7 @@ def operators(side: int, tmp_path) -> dict[str, nn.Module]:
         "ray_transform": RayTransform((side, side), num_angles=12, cache_dir=tmp_path),
         "ray_transform_fan": RayTransform((side, side), num_angles=12, beam="fan", cache_dir=tmp_path),
         "fourier": MaskedFourier((side, side), acceleration=2.0),
+        "mri": MaskedFourier((side, side), acceleration=2.0, mask="random", lines="columns"),
     }
 
 

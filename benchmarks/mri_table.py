@@ -39,10 +39,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # name -> (label, overrides); zero-filled is read from the baseline every job saves.
 METHODS: dict[str, tuple[str, list[str]]] = {
     "zero_filled": ("zero-filled", []),
-    "dip": ("DIP (skip)", ["method=dip", "model=skip"]),
+    "dip": ("DIP (skip)", ["method=dip", "model=SKIP"]),
     "convdecoder": ("DIP (ConvDecoder)", ["method=dip", "model=convdecoder"]),
-    "dip_tv": ("DIP+TV", ["method=dip", "model=skip", "regulariser=tv"]),
-    "mfvi": ("MFVI", ["method=mfvi", "model=skip"]),
+    "dip_tv": ("DIP+TV", ["method=dip", "model=SKIP", "regulariser=tv"]),
+    "mfvi": ("MFVI", ["method=mfvi", "model=SKIP"]),
 }
 DIP_VARIANTS = ("DIP (skip)", "DIP (ConvDecoder)", "DIP+TV")
 IMAGES = {"mr_small": ["data=mr_small"], "mr_abdomen": ["data=package", "data.name=mr_abdomen"]}
@@ -73,6 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--accelerations", nargs="+", type=int, default=[4, 8])
     parser.add_argument("--noise", type=float, default=0.05, help="noise std relative to the k-space rms")
     parser.add_argument("--steps", type=int, default=1500, help="training steps of every method")
+    parser.add_argument("--model", default="skip_light", help="the skip network of the skip rows")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--quick", action="store_true", help="tiny networks, 32 px, a few steps")
     parser.add_argument(
@@ -112,9 +113,9 @@ def job_overrides(
         "trainer.check_val_every_n_epoch=100000",
         *METHODS[method][1],
     ]
+    skip = "skip_tiny" if args.quick else args.model
+    overrides = [f"model={skip}" if o == "model=SKIP" else o for o in overrides]
     if args.quick:
-        small = {"model=skip": "model=skip_tiny", "model=convdecoder": "model=convdecoder"}
-        overrides = [small.get(o, o) for o in overrides]
         if method == "convdecoder":
             overrides += ["model.channels=8", "model.layers=4", "model.in_size=[4,4]"]
         if method == "mfvi":
@@ -223,7 +224,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for name, size in args.image_list:
         for acceleration in args.accelerations:
             rows += run_case(args, name, size, acceleration)
-    print(f"\nMRI, random columns, {args.noise:.0%} k-space noise, {args.steps} steps\n")
+    print(
+        f"\nMRI, random columns, {args.noise:.0%} k-space noise, {args.steps} steps, skip rows: {args.model}\n"
+    )
     print(markdown(rows) + "\n")
     print("\n".join(goals(rows)))
     path = args.csv or RESULTS / "mri_table.csv"

@@ -32,8 +32,6 @@ Example:
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import Tensor
@@ -46,45 +44,11 @@ from dip_lightning.physics.kspace_masks import (
     hermitian_weights,
     line_mask,
 )
+from dip_lightning.physics.kspace_masks import mirrored_line_mask as cartesian_line_mask
 
 __all__ = ["LINE_AXES", "MaskedFourier", "cartesian_line_mask"]
 
 LINE_AXES: tuple[str, ...] = ("rows", "columns")
-
-
-def _closer_with(count: int, added: int, target: int) -> bool:
-    """Whether ``added`` more lines bring the count strictly closer to ``target``."""
-    return abs(count + added - target) < abs(target - count)
-
-
-def cartesian_line_mask(
-    height: int, acceleration: float, center_fraction: float, rng: np.random.Generator
-) -> np.ndarray:
-    """A (height,) bool array of sampled k-space rows in FFT order, conjugate-symmetric.
-
-    See the module docstring for the rule. Raises ConfigError when the fully sampled centre
-    alone holds more lines than ``acceleration`` allows.
-    """
-    frequencies = np.rint(np.fft.fftfreq(height) * height).astype(int)
-    radius = math.floor(center_fraction * height / 2)
-    sampled = np.abs(frequencies) <= radius
-    target = max(1, round(height / acceleration))
-    count = int(sampled.sum())
-    if count > target:
-        raise ConfigError(
-            "operator.center_fraction",
-            center_fraction,
-            f"its {count} fully sampled centre lines exceed the {target} of {height} lines that "
-            f"acceleration {acceleration:g} allows; lower operator.center_fraction or operator.acceleration",
-        )
-    # Groups of lines that are each other's mirror image: {f, -f}, or the Nyquist line alone.
-    groups = [np.flatnonzero(np.abs(frequencies) == f) for f in range(radius + 1, height // 2 + 1)]
-    for index in rng.permutation(len(groups)):
-        rows = groups[index]
-        if _closer_with(count, len(rows), target):
-            sampled[rows] = True
-            count += len(rows)
-    return sampled
 
 
 class MaskedFourier(ForwardOperator):

@@ -3,7 +3,7 @@
 Every mask is a (n,) bool array over the n lines of one k-space axis, in FFT order (frequency 0
 first, as ``torch.fft.fft2`` returns it), drawn from a numpy generator so that a seed fixes it.
 
-* ``mirrored``: the platform's original rule (:func:`dip_lightning.physics.fourier.cartesian_line_mask`):
+* ``mirrored``: the platform's original rule (:func:`mirrored_line_mask`):
   a full centre, then pairs of lines {f, -f} until the count is closest to n / acceleration. The
   mask is conjugate-symmetric and its count is exact.
 * ``random``: the rule of the fastMRI challenge (``RandomMaskFunc``). round(n * center_fraction)
@@ -33,10 +33,48 @@ __all__ = [
     "equispaced_line_mask",
     "hermitian_weights",
     "line_mask",
+    "mirrored_line_mask",
     "random_line_mask",
 ]
 
 MASK_KINDS: tuple[str, ...] = ("mirrored", "random", "equispaced")
+
+
+def _closer_with(count: int, added: int, target: int) -> bool:
+    """Whether ``added`` more lines bring the count strictly closer to ``target``."""
+    return abs(count + added - target) < abs(target - count)
+
+
+def mirrored_line_mask(
+    height: int, acceleration: float, center_fraction: float, rng: np.random.Generator
+) -> np.ndarray:
+    """A (height,) bool array of sampled k-space rows in FFT order, conjugate-symmetric.
+
+    The rule: the 2r + 1 lines of lowest frequency |f| <= r, r = floor(center_fraction * height / 2),
+    then, in a seeded random order, each pair {f, -f} (the Nyquist line alone) that brings the
+    count closer to round(height / acceleration); see :mod:`dip_lightning.physics.fourier`. Raises ConfigError when the fully sampled centre
+    alone holds more lines than ``acceleration`` allows.
+    """
+    frequencies = np.rint(np.fft.fftfreq(height) * height).astype(int)
+    radius = math.floor(center_fraction * height / 2)
+    sampled = np.abs(frequencies) <= radius
+    target = max(1, round(height / acceleration))
+    count = int(sampled.sum())
+    if count > target:
+        raise ConfigError(
+            "operator.center_fraction",
+            center_fraction,
+            f"its {count} fully sampled centre lines exceed the {target} of {height} lines that "
+            f"acceleration {acceleration:g} allows; lower operator.center_fraction or operator.acceleration",
+        )
+    # Groups of lines that are each other's mirror image: {f, -f}, or the Nyquist line alone.
+    groups = [np.flatnonzero(np.abs(frequencies) == f) for f in range(radius + 1, height // 2 + 1)]
+    for index in rng.permutation(len(groups)):
+        rows = groups[index]
+        if _closer_with(count, len(rows), target):
+            sampled[rows] = True
+            count += len(rows)
+    return sampled
 
 
 def centre_count(lines: int, acceleration: float, center_fraction: float) -> int:
@@ -106,9 +144,7 @@ def line_mask(
 ) -> np.ndarray:
     """The (lines,) bool mask of rule ``kind`` (one of :data:`MASK_KINDS`), in FFT order."""
     if kind == "mirrored":
-        from dip_lightning.physics.fourier import cartesian_line_mask
-
-        return cartesian_line_mask(lines, acceleration, center_fraction, rng)
+        return mirrored_line_mask(lines, acceleration, center_fraction, rng)
     if kind == "random":
         return random_line_mask(lines, acceleration, center_fraction, rng)
     if kind == "equispaced":

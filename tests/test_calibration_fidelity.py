@@ -17,6 +17,7 @@ from dip_lightning.methods.mcdropout import MCDropoutDIP
 from dip_lightning.methods.prediction import Prediction, measurement_variance
 from dip_lightning.metrics.uncertainty import uce
 from dip_lightning.physics import ray_transform as rt
+from dip_lightning.physics.coils import CoilFourier
 from dip_lightning.physics.downsampling import Downsampling
 from dip_lightning.physics.fourier import MaskedFourier
 from dip_lightning.physics.identity import Identity
@@ -109,6 +110,7 @@ def operators(side: int, tmp_path) -> dict[str, nn.Module]:
         "ray_transform_fan": RayTransform((side, side), num_angles=12, beam="fan", cache_dir=tmp_path),
         "fourier": MaskedFourier((side, side), acceleration=2.0),
         "mri": MaskedFourier((side, side), acceleration=2.0, mask="random", lines="columns"),
+        "mri_coils": CoilFourier((side, side), coils=3, phase=1.0, acceleration=2.0, mask="random"),
     }
 
 

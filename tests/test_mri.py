@@ -17,6 +17,7 @@ from dip_lightning.job.run import build_problem, run
 from dip_lightning.models.convdecoder import ConvDecoder, hidden_sizes
 from dip_lightning.physics.cgls import cgls
 from dip_lightning.physics.checks import adjoint_check
+from dip_lightning.physics.coils import CoilFourier, birdcage_maps
 from dip_lightning.physics.fourier import MaskedFourier
 from dip_lightning.physics.kspace_masks import (
     MASK_KINDS,
@@ -178,6 +179,63 @@ def test_rms_relative_noise_is_about_the_image_rms_at_any_acceleration() -> None
     with pytest.raises(ConfigError) as info:
         GaussianNoise(0.1, relative=True, reference="peak")
     assert info.value.setting == "noise.reference"
+
+
+# --------------------------------------------------------------------------- coils and phase
+
+
+@pytest.mark.parametrize(("coils", "phase"), [(4, 0.0), (1, 1.0), (3, 0.7)])
+def test_coil_operator_adjoint_shapes_and_full_sampling(coils: int, phase: float) -> None:
+    shape = (32, 24)
+    operator = CoilFourier(
+        shape, coils=coils, phase=phase, mask="random", lines="columns", center_fraction=None
+    )
+    check = adjoint_check(operator, shape, 2)
+    assert check.relative_error < 1e-12 and abs(check.forward_side) > 0.1
+    x = image(shape, channels=2)
+    y = operator(x)
+    assert y.shape == (1, 2 * coils, *shape) and y.dtype == torch.complex64
+    assert operator.pseudo_inverse(y).shape == x.shape and operator.pseudo_inverse(y).dtype == torch.float32
+    assert operator.propagate_variance(torch.ones_like(x)).shape == y.shape
+    full = CoilFourier(shape, coils=coils, phase=phase, acceleration=1.0)
+    torch.testing.assert_close(full.pseudo_inverse(full(x)), x, rtol=0, atol=1e-5)
+    # Data consistency keeps the truth where it already agrees with the data.
+    torch.testing.assert_close(operator.data_consistent(x, y), x, rtol=0, atol=1e-5)
+
+
+def test_birdcage_maps_are_rss_normalised_and_phase_is_seeded() -> None:
+    maps = birdcage_maps((16, 16), 4)
+    np.testing.assert_allclose((np.abs(maps) ** 2).sum(axis=0), 1.0, atol=1e-12)
+    assert np.abs(maps).std(axis=(1, 2)).min() > 0.01  # each coil sees the image unevenly
+    first = CoilFourier((16, 16), coils=1, phase=1.0, seed=3).maps
+    assert torch.equal(first, CoilFourier((16, 16), coils=1, phase=1.0, seed=3).maps)
+    assert not torch.equal(first, CoilFourier((16, 16), coils=1, phase=1.0, seed=4).maps)
+    assert float(first.angle().abs().max()) == pytest.approx(1.0, abs=1e-5)
+    assert torch.allclose(first.abs(), torch.ones(1))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "setting"),
+    [
+        ({"coils": 0}, "operator.coils"),
+        ({"coil_radius": 0.5}, "operator.coil_radius"),
+        ({"phase": "x"}, "operator.phase"),
+    ],
+)
+def test_bad_coil_settings_are_refused(kwargs: dict, setting: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        CoilFourier((16, 16), **kwargs)
+    assert info.value.setting == setting
+
+
+def test_mri_task_runs_with_coils_and_phase(small_config) -> None:
+    cfg = small_config(
+        *MRI, "operator=mri_coils", "operator.phase=1.0", "data_consistency=true", "trainer.max_steps=3"
+    )
+    run(cfg)
+    metrics = read_metrics(cfg)
+    assert metrics["status"] == "completed" and math.isfinite(metrics["psnr"])
+    assert math.isfinite(metrics["baseline_psnr"])
 
 
 # --------------------------------------------------------------------------- ConvDecoder

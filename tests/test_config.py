@@ -82,7 +82,7 @@ def test_regulariser_none_leaves_no_setting_behind(small_config, task):
 
 def test_tv_weight_is_the_tasks_unless_given(small_config):
     image = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
-    expected = {"denoising": 1e-4, "inpainting": 1e-4, "super_resolution": 1e-4, "ct": 3e-3}
+    expected = {"denoising": 1e-4, "inpainting": 1e-4, "super_resolution": 1e-4, "ct": 3e-3, "mri": 1e-6}
     assert set(expected) == set(TASKS), "a new task: say here which TV weight it uses"
     for task, weight in expected.items():
         tv = build(small_config(f"task={task}", "regulariser=tv").regulariser)

@@ -19,6 +19,7 @@ from dip_lightning.metrics.uncertainty import uce
 from dip_lightning.physics import ray_transform as rt
 from dip_lightning.physics.blind_blur import BlindBlur
 from dip_lightning.physics.blur import Blur
+from dip_lightning.physics.coils import CoilFourier
 from dip_lightning.physics.downsampling import Downsampling
 from dip_lightning.physics.fourier import MaskedFourier
 from dip_lightning.physics.identity import Identity
@@ -114,6 +115,8 @@ def operators(side: int, tmp_path) -> dict[str, nn.Module]:
         "phase_retrieval": PhaseRetrieval((side, side)),
         "blur": Blur(kernel_size=5, image_shape=(side, side)),
         "blind_blur": BlindBlur(kernel_size=5, image_shape=(side, side)),
+        "mri": MaskedFourier((side, side), acceleration=2.0, mask="random", lines="columns"),
+        "mri_coils": CoilFourier((side, side), coils=3, phase=1.0, acceleration=2.0, mask="random"),
     }
 
 

@@ -90,6 +90,7 @@ def test_tv_weight_is_the_tasks_unless_given(small_config):
         "phase_retrieval": 1e-4,
         "deblurring": 1e-4,
         "blind_deblurring": 1e-4,
+        "mri": 1e-6,
     }
     assert set(expected) == set(TASKS), "a new task: say here which TV weight it uses"
     for task, weight in expected.items():

@@ -117,6 +117,27 @@ def detection_metrics(
     return metrics
 
 
+def data_consistent_prediction(
+    prediction: Prediction, problem: InverseProblem
+) -> tuple[Prediction, dict[str, float]]:
+    """The prediction with its mean made consistent with the measurement (``data_consistency``).
+
+    ``operator.data_consistent`` puts back what was measured (the sampled k-space lines for MRI,
+    as ConvDecoder does after fitting); the quality of the mean before that step is kept as
+    ``psnr_before_data_consistency`` and ``ssim_before_data_consistency``. Uncertainty maps are
+    those of the network's own samples.
+    """
+    before: dict[str, float] = {}
+    truth = problem.ground_truth
+    if truth is not None:
+        before = {
+            "psnr_before_data_consistency": float(psnr(prediction.mean, truth).mean()),
+            "ssim_before_data_consistency": float(ssim(prediction.mean, truth).mean()),
+        }
+    mean = problem.operator.data_consistent(prediction.mean, problem.observation).to(prediction.mean)
+    return dataclasses.replace(prediction, mean=mean), before
+
+
 def baseline_metrics(problem: InverseProblem) -> tuple[torch.Tensor, dict[str, float]]:
     """The classical reconstruction (``pseudo_inverse``: noisy image, bicubic, FBP, HIO) and its
     quality; with a ground truth, aligned to it (the operator's ``alignment``)."""
@@ -211,6 +232,10 @@ def finalise(
     """
     problem = problem.to(method.device)
     prediction, source = choose_prediction(method, stopping, status)
+    before_consistency: dict[str, float] = {}
+    if cfg.get("data_consistency", False) and status != "diverged":
+        prediction, before_consistency = data_consistent_prediction(prediction, problem)
+        source += " + data consistency"
     metrics: dict[str, Any] = {
         "status": status,
         "steps": int(trainer.global_step),
@@ -222,6 +247,7 @@ def finalise(
     # Scored and saved aligned to the truth (the identity but for operators with ambiguities).
     prediction = aligned_prediction(prediction, problem)
     metrics.update(evaluate_prediction(prediction, problem, method.calibration))
+    metrics.update(before_consistency)
     replicate_metrics, replicate_maps = replicate_report(method, problem)
     metrics.update(replicate_metrics)
     peak = method.trajectory.peak_summary()

@@ -96,6 +96,17 @@ class ForwardOperator(nn.Module, ABC):
                 damping=self.cgls_damping,
             )
 
+    def data_consistent(self, x: Tensor, y: Tensor) -> Tensor:
+        """``x`` corrected to agree with the measurement: x + A^+ (y - A x).
+
+        For an operator whose pseudo-inverse is exact this replaces the part of x that A sees by
+        what y says and keeps the rest: with the masked Fourier operator, the measured k-space
+        lines of x are put back to the measured values (ConvDecoder's data-consistency step).
+        The job applies it to the reconstruction when ``data_consistency=true``.
+        """
+        with torch.no_grad():
+            return x + self.pseudo_inverse(y - self.forward(x))
+
     def propagate_variance(self, variance: Tensor) -> Tensor:
         """Variance of A x for an image with pixelwise *independent* variance ``variance``.
 

@@ -25,9 +25,20 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
-from dip_lightning.errors import ConfigError, check_positive
+from dip_lightning.errors import ConfigError, check_choice, check_positive
 
-__all__ = ["GaussianNoise", "NoNoise", "NoiseModel", "PoissonNoise", "SpeckleNoise", "require_real"]
+RELATIVE_REFERENCES: tuple[str, ...] = ("mean_abs", "rms")
+"""What a relative Gaussian sigma is a fraction of (see :class:`GaussianNoise`)."""
+
+__all__ = [
+    "RELATIVE_REFERENCES",
+    "GaussianNoise",
+    "NoNoise",
+    "NoiseModel",
+    "PoissonNoise",
+    "SpeckleNoise",
+    "require_real",
+]
 
 
 def _work_dtype(clean: Tensor) -> torch.dtype:
@@ -119,21 +130,32 @@ class GaussianNoise(NoiseModel):
             s = sigma * mean(|A x|) (``relative=True``; the convention of the CT literature, where
             "5% noise" means sigma = 0.05).
         relative: see ``sigma``.
+        reference: what a relative sigma multiplies: ``mean_abs``, the mean |A x| (the CT
+            convention), or ``rms``, the root mean square of |A x| over all its elements. For
+            k-space from the orthonormal FFT the rms is, by Parseval, close to the image's own rms
+            (the unsampled lines carry little energy), so ``rms`` gives about the same image-space
+            noise at every acceleration, where the mean |A x| shrinks with the share of lines read.
         clip: clip the noisy measurement to [0, 1], as for images stored with 8 bits. The
             clipped noise is no longer exactly Gaussian; ``expected_std`` still reports s. A
             complex measurement has no such range and is not clipped (with a warning).
     """
 
-    def __init__(self, sigma: float = 0.1, relative: bool = False, clip: bool = False) -> None:
+    def __init__(
+        self, sigma: float = 0.1, relative: bool = False, clip: bool = False, reference: str = "mean_abs"
+    ) -> None:
         self.sigma = float(check_positive("noise.sigma", sigma, allow_zero=True))
         self.relative = bool(relative)
         self.clip = bool(clip)
+        self.reference = str(check_choice("noise.reference", reference, RELATIVE_REFERENCES))
 
     def std(self, clean: Tensor) -> float:
-        """The absolute standard deviation s for this clean measurement (relative: to mean |A x|)."""
-        if self.relative:
-            return self.sigma * float(clean.detach().abs().to(torch.float64).mean())
-        return self.sigma
+        """The absolute standard deviation s for this clean measurement (relative: to ``reference``)."""
+        if not self.relative:
+            return self.sigma
+        magnitude = clean.detach().abs().to(torch.float64)
+        if self.reference == "rms":
+            return self.sigma * float(magnitude.square().mean().sqrt())
+        return self.sigma * float(magnitude.mean())
 
     def __call__(self, clean: Tensor, generator: torch.Generator) -> Tensor:
         noisy = _as_work(clean) + self.std(clean) * standard_normal(clean, generator)
@@ -150,7 +172,10 @@ class GaussianNoise(NoiseModel):
 
     @property
     def name(self) -> str:
-        flags = (", relative" if self.relative else "") + (", clip" if self.clip else "")
+        relative = ""
+        if self.relative:
+            relative = ", relative" + (" to rms" if self.reference == "rms" else "")
+        flags = relative + (", clip" if self.clip else "")
         return f"gaussian(sigma={self.sigma:g}{flags})"
 
 

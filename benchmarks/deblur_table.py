@@ -42,8 +42,9 @@ from dip_lightning.config import compose_config  # noqa: E402
 from dip_lightning.job.run import run  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-# The tuning chest X-ray of the MFVI-DIP code, kept outside the repository (its README says whence).
-XRAY = Path("/work/shared/data/medical/BACTERIA-1351146-0006.jpg")
+# The tuning chest X-ray of the MFVI-DIP code, kept outside the repository in ../shared beside the
+# checkout (its README says whence); --files takes it from anywhere else.
+XRAY = ROOT.parent / "shared" / "data" / "medical" / "BACTERIA-1351146-0006.jpg"
 COLUMNS = (
     "image",
     "kernel",

@@ -63,6 +63,11 @@ def config_options(group: str) -> list[str]:
 # Method x task pairs a method refuses by design, and why (each refusal is tested beside the method).
 NOT_APPLICABLE = {
     ("gp", "phase_retrieval"): "exact GP regression needs a linear operator (tests/test_gp_method.py)",
+    ("gp", "blind_deblurring"): "exact GP regression needs a fixed operator (tests/test_gp_method.py)",
+    (
+        "lin_dip",
+        "phase_retrieval",
+    ): "the linearised posterior needs a linear operator (tests/test_lin_dip.py)",
 }
 
 

@@ -224,3 +224,10 @@ def test_a_full_rank_randomised_factorisation_reproduces_the_jacobian():
     found = linear.low_rank(rank=5, oversampling=40).s
     assert float(found[0] / top[0]) == pytest.approx(1.0, abs=1e-2)
     torch.testing.assert_close(found, top, rtol=5e-2, atol=0)
+
+
+def test_a_non_linear_operator_is_refused_before_training(small_config):
+    cfg = small_config("task=phase_retrieval", "method=lin_dip", "model=skip_tiny")
+    with pytest.raises(ConfigError, match="needs a linear operator") as info:
+        build_method(cfg, build_problem(cfg))
+    assert info.value.setting == "operator"

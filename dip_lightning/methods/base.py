@@ -155,6 +155,7 @@ class DeepImagePrior(MethodHooks, NetworkSetup, PredictiveDistribution, pl.Light
     # ------------------------------------------------------------------ set-up
     def attach(self, problem: InverseProblem) -> DeepImagePrior:
         """Bind the method to a problem: build the input and the network for its image shape."""
+        self.check_operator(problem.operator)
         if self.uses_log_precision and not problem.operator.measurement_in_image_space:
             raise ConfigError(
                 "method.likelihood",

@@ -116,6 +116,7 @@ class GaussianProcessDIP(DeepImagePrior):
     """
 
     trains_network = False
+    needs_linear_operator = True
 
     def __init__(
         self,
@@ -189,13 +190,7 @@ class GaussianProcessDIP(DeepImagePrior):
     def attach(self, problem: InverseProblem) -> GaussianProcessDIP:
         """Check that the GP can take the problem (image size, a fixed operator) before any work."""
         operator = problem.operator
-        if not operator.linear:
-            raise ConfigError(
-                "operator",
-                type(operator).__name__,
-                "method=gp does exact Gaussian regression, which needs a linear operator; this one "
-                "is not linear (use a trained method)",
-            )
+        self.check_operator(operator)
         if any(p.requires_grad for p in operator.parameters()):
             raise ConfigError(
                 "operator",

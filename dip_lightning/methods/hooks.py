@@ -26,11 +26,25 @@ class MethodHooks:
     (peak, curves) and no checkpoint, and a stopping rule whose detected step would replace its
     result is refused (:meth:`check_stopping`)."""
 
+    needs_linear_operator: ClassVar[bool] = False
+    """True for a method whose computation assumes y = A x + noise with A linear (a Gaussian
+    posterior through A): a non-linear operator (phase retrieval) is refused before any work."""
+
     supports_replicates: ClassVar[bool] = False
     """Whether ``method.replicates=K`` may stack K runs of this method into one network: true only
     when every random number the method draws in training goes through the replicas' own noise
     streams (input perturbation, mean-field weight noise), so that replicate k is the run of seed
     ``seed + k``."""
+
+    def check_operator(self, operator: Any) -> None:
+        """Refuse, before anything is built, an operator this method's computation cannot take."""
+        if self.needs_linear_operator and not operator.linear:
+            raise ConfigError(
+                "operator",
+                type(operator).__name__,
+                f"{type(self).__name__} needs a linear operator (its Gaussian posterior goes through "
+                "A); this one is not linear, so use a method that only fits the network",
+            )
 
     def check_stopping(self, criterion: Any) -> None:
         """Refuse, before anything is built, a stopping rule this method cannot follow: one whose

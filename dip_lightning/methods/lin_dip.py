@@ -51,6 +51,8 @@ class LinearisedDIP(DeepImagePrior):
             ``num_samples`` (the method's) is the number of Matheron samples.
     """
 
+    needs_linear_operator = True
+
     def __init__(
         self,
         *args: Any,

@@ -34,7 +34,6 @@ Prints a Markdown table and writes ``benchmarks/results/ct_table_<device>.csv``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import multiprocessing
@@ -389,12 +388,7 @@ def goals(rows: list[dict], args: argparse.Namespace) -> list[str]:
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({c: "" if row[c] is None else row[c] for c in COLUMNS})
+    harness.write_csv(rows, COLUMNS, path, float_format=None)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -27,7 +27,6 @@ PATH`` adds a montage (per row: truth, blurry, non-blind DIP, blind DIP, true an
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sys
@@ -250,11 +249,7 @@ def goals(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    harness.write_csv(rows, COLUMNS, path, float_format=None)
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:

@@ -362,11 +362,20 @@ def markdown(
     return "\n".join(lines)
 
 
-def write_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str], path: Path) -> Path:
+def write_csv(
+    rows: Sequence[dict[str, Any]], columns: Sequence[str], path: Path, float_format: str | None = ".6g"
+) -> Path:
+    """Write ``columns`` of ``rows`` (other keys ignored); floats as ``float_format``, or in full
+    when it is None (tables that are read back and compared)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+            writer.writerow(
+                {
+                    k: (format(v, float_format) if float_format and isinstance(v, float) else v)
+                    for k, v in row.items()
+                }
+            )
     return path

@@ -24,7 +24,6 @@ Prints a Markdown table and writes ``benchmarks/results/mri_table.csv``.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import harness  # noqa: E402
 from benchmarks.ct_table import run_job  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -210,12 +210,7 @@ def goals(rows: list[dict]) -> list[str]:
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({c: "" if row[c] is None else row[c] for c in COLUMNS})
+    harness.write_csv(rows, COLUMNS, path, float_format=None)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -22,7 +22,6 @@ Prints a Markdown table and writes ``benchmarks/results/phase_retrieval_table_<d
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -179,12 +178,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({c: "" if row[c] is None else row[c] for c in COLUMNS})
+    harness.write_csv(rows, COLUMNS, path, float_format=None)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
